@@ -1,0 +1,179 @@
+"""Self-describing checkpoints.
+
+A checkpoint holds the weights *and* the :class:`ModelSpec` (network config, channel spec with normalization,
+labels, target spacing and orientation, patch size, inference settings, the full training config and the medseg
+version), so inference can rebuild preprocessing and network from the file alone. It is read with
+``torch.load(weights_only=True)``: only tensors and plain containers are stored, never pickled objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.atomic import atomic_path
+from medseg.errors import MedsegError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "medseg-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(MedsegError):
+    """A checkpoint file is missing, unreadable or not a medseg checkpoint."""
+
+
+@dataclass
+class ModelSpec:
+    """What a trained model expects and how to run it: the data contract stored with every model.
+
+    Attributes:
+        network: ``{"name": ..., **kwargs}`` for :func:`medseg.nets.build_network`.
+        channels: the channel spec, ``[{"name", "normalization", "series"}]`` in input order.
+        labels: label value -> name (0 = background).
+        spacing: target spacing in mm of the preprocessing (None: native grid).
+        orientation: axis codes of the preprocessing (e.g. "RAS").
+        spatial_dims: 2 or 3.
+        patch_size: the sliding-window / training patch size.
+        inference: sliding-window settings (``overlap``, ``sw_batch_size``, ``mode``) and postprocessing.
+        config: the full training configuration (plain data).
+        medseg_version: the version that trained it.
+    """
+
+    network: dict[str, Any]
+    channels: list[dict[str, Any]]
+    labels: dict[int, str]
+    spacing: list[float] | None
+    orientation: str
+    spatial_dims: int
+    patch_size: list[int]
+    inference: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    medseg_version: str = ""
+
+    def __post_init__(self) -> None:
+        self.labels = {int(k): str(v) for k, v in self.labels.items()}
+        if not self.medseg_version:
+            from medseg import __version__
+
+            self.medseg_version = __version__
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [c["name"] for c in self.channels]
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (label keys become strings)."""
+        d = asdict(self)
+        d["labels"] = {str(k): v for k, v in self.labels.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"model spec has unknown keys {unknown} (written by a newer medseg?)")
+        missing = sorted(k for k in ("network", "channels", "labels", "spacing", "orientation", "spatial_dims",
+                                     "patch_size") if k not in data)
+        if missing:
+            raise CheckpointError(f"model spec is missing {missing}")
+        return cls(**data)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    state_dict: dict[str, torch.Tensor]
+    spec: ModelSpec
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of Python's, NumPy's and torch's global generators as weights_only-safe data."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1]).copy()), *[
+            int(x) if isinstance(x, int | np.integer) else float(x) for x in np_state[2:]
+        ]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore the generators saved by :func:`capture_rng`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), int(npst[2]), int(npst[3]), float(npst[4])))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` atomically (temp file + fsync + rename): a kill never leaves a half-written checkpoint."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": ckpt.spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
+        "epoch": int(ckpt.epoch),
+        "metrics": {k: float(v) for k, v in ckpt.metrics.items()},
+        "optimizer": ckpt.optimizer,
+        "scheduler": ckpt.scheduler,
+        "rng": ckpt.rng,
+        "extra": ckpt.extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint with ``weights_only=True`` and check that it is a medseg checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a medseg checkpoint (no '{FORMAT}' marker)")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload['format_version']} is newer than this medseg reads ({FORMAT_VERSION})"
+        )
+    return Checkpoint(
+        state_dict=payload["state_dict"],
+        spec=ModelSpec.from_dict(payload["spec"]),
+        epoch=int(payload.get("epoch", 0)),
+        metrics=dict(payload.get("metrics") or {}),
+        optimizer=payload.get("optimizer"),
+        scheduler=payload.get("scheduler"),
+        rng=payload.get("rng"),
+        extra=dict(payload.get("extra") or {}),
+    )

@@ -1,0 +1,103 @@
+"""Writing synthetic datasets to disk: multimodal NIfTI cases for training, DICOM studies for conversion/segmentation.
+
+Layout of a NIfTI dataset (the folder layout medseg's datalists read)::
+
+    root/
+      case_000/CBF.nii.gz  MTT.nii.gz  CBV.nii.gz  label.nii.gz
+      case_001/...
+      dataset.json          # {"channels": [...], "labels": {...}, "cases": [{"case_id", "channels", "label"}]}
+
+A DICOM archive is a tree ``root/<study>/<series>/*.dcm`` with dummy patient tags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg.atomic import atomic_write_text
+from medseg.data.io import save_image, save_label
+from medseg.synthetic.dicom_writer import affine_for, write_dicom_series
+from medseg.synthetic.perfusion import make_perfusion_case
+from medseg.synthetic.phantoms import make_ct_phantom
+
+logger = logging.getLogger(__name__)
+
+
+def write_perfusion_dataset(
+    root: str | os.PathLike,
+    n_cases: int,
+    *,
+    shape: Sequence[int] = (64, 64, 24),
+    seed: int = 0,
+    noise_scale: float = 1.0,
+) -> Path:
+    """Write ``n_cases`` CBF/MTT/CBV perfusion phantoms with lesion labels; return the ``dataset.json`` path."""
+    root = Path(root)
+    cases = []
+    channels: list[str] = []
+    label_names: dict[int, str] = {}
+    for i in range(n_cases):
+        case = make_perfusion_case(shape=shape, seed=seed + i, noise_scale=noise_scale)
+        folder = root / f"case_{i:03d}"
+        channels = list(case.channels)
+        label_names = {0: "background", **{int(k): v for k, v in case.label_names.items() if int(k) != 0}}
+        paths = {}
+        for name, arr in case.channels.items():
+            paths[name] = str(save_image(arr, folder / f"{name}.nii.gz", affine=case.affine).relative_to(root))
+        label = save_label(case.label, folder / "label.nii.gz", affine=case.affine)
+        cases.append({"case_id": folder.name, "channels": paths, "label": str(label.relative_to(root))})
+    meta = {"channels": channels, "labels": {str(k): v for k, v in label_names.items()}, "cases": cases}
+    out = root / "dataset.json"
+    atomic_write_text(out, json.dumps(meta, indent=2))
+    logger.info("wrote %d perfusion cases to %s", n_cases, root)
+    return out
+
+
+@dataclass(frozen=True)
+class SyntheticStudy:
+    """One written DICOM study: where it is and the phantom's truth in the series' own grid."""
+
+    folder: Path
+    series_folder: Path
+    orientation: str
+    label: np.ndarray
+    affine: np.ndarray
+
+
+def write_ct_study(
+    folder: str | os.PathLike,
+    *,
+    orientation: str = "axial",
+    shape: Sequence[int] = (64, 64, 40),
+    spacing: Sequence[float] = (1.5, 1.5, 2.5),
+    seed: int = 0,
+    reverse_order: bool = False,
+    patient_name: str = "ANON^SYNTHETIC",
+    patient_id: str = "SYNTH0001",
+    n_organs: int = 4,
+) -> SyntheticStudy:
+    """Write one CT phantom as a DICOM series in ``orientation`` (axial/coronal/sagittal/oblique)."""
+    folder = Path(folder)
+    affine = affine_for(orientation, spacing=spacing, shape=shape)  # type: ignore[arg-type]
+    ph = make_ct_phantom(shape=shape, seed=seed, affine=affine, n_organs=n_organs)
+    series_folder = folder / "CT"
+    write_dicom_series(
+        np.round(ph.image),
+        affine,
+        series_folder,
+        modality="CT",
+        series_description=f"synthetic CT {orientation}",
+        patient_name=patient_name,
+        patient_id=patient_id,
+        reverse_order=reverse_order,
+        image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+        seed=seed,
+    )
+    return SyntheticStudy(folder, series_folder, orientation, ph.label, affine)
