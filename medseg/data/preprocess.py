@@ -260,6 +260,8 @@ def invert_to_original(
     orig_key = _orig_key(transform, key)
     out_dtype = pred_t.dtype
     pred_key = "__medseg_pred__"
+    if not isinstance(pred_t, MetaTensor):  # Invertd reads the trace from the original key only for MetaTensors
+        pred_t = MetaTensor(pred_t.detach(), meta={"affine": preprocessed.affine.clone()})
     data = {orig_key: preprocessed, pred_key: pred_t.detach()}
     inverter = Invertd(keys=pred_key, transform=transform, orig_keys=orig_key, nearest_interp=nearest)
     with warnings.catch_warnings():

@@ -1,0 +1,284 @@
+"""Discover DICOM image series under a folder: read headers only, skip junk with a reason, group into stacks.
+
+Grouping: files are grouped by SeriesInstanceUID, then one UID that holds several stacks is split (when
+``split_stacks=True``, the default) by, in this order: image size (Rows/Columns), orientation
+(ImageOrientationPatient within ``geometry.ORIENTATION_TOL``), EchoNumbers, and, only when the group still has slices
+at the same position, TemporalPositionIdentifier or else AcquisitionNumber. Each resulting stack gets a ``stack_id``
+``"<series uid>#<suffixes>"`` (e.g. ``"1.2.3#echo2"``, ``"1.2.3#axial"``); an unsplit series' ``stack_id`` is its
+UID. With ``split_stacks=False`` such mixtures are reported as problems of the series instead.
+
+A damaged file that can be attributed to a series (truncated header with a complete SeriesInstanceUID, pixel data
+shorter than its header says) makes that series refuse to load: silently dropping it could remove an end slice
+that no geometry check would miss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.dicom.geometry import (
+    ORIENTATION_TOL,
+    analyse_stack,
+    axis_codes,
+    plane_name,
+    same_orientation,
+)
+from medseg.data.dicom.header import SkippedFile, SliceHeader, read_slice_header
+from medseg.errors import InputError, Problem, ReasonCode
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DicomScan",
+    "SeriesInfo",
+    "describe_problems",
+    "group_stacks",
+    "scan_dicom_files",
+    "scan_dicom_tree",
+]
+
+
+@dataclass(eq=False)
+class SeriesInfo:
+    """One stack of single-frame slices that can become one 3D volume.
+
+    ``files`` (absolute) and ``slices`` are in spatial order (ascending along the slice normal). ``shape`` and
+    ``spacing`` are (i, j, k) = (columns, rows, slices); ``affine`` is the RAS affine (``None`` when geometry tags
+    are missing); ``orientation`` its axis codes (e.g. ``"LPS"``). ``problems`` are the geometry / integrity
+    problems that make :func:`medseg.data.dicom.reader.load_dicom_series` refuse the stack.
+    """
+
+    series_uid: str
+    stack_id: str
+    study_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    series_description: str
+    image_type: tuple[str, ...]
+    series_number: int | None
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None
+    files: list[Path]
+    n_slices: int
+    orientation: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float] | None
+    affine: np.ndarray | None
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+    slices: list[SliceHeader] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line for listings: uid tail, modality, description, slices, shape, problems."""
+        uid_tail = "..." + self.stack_id[-24:] if len(self.stack_id) > 27 else self.stack_id
+        text = (
+            f"{uid_tail} modality={self.modality or '?'} description={self.series_description!r} "
+            f"n_slices={self.n_slices} shape={'x'.join(str(s) for s in self.shape)}"
+        )
+        if self.problems:
+            text += f" problems={[p.code.value for p in self.problems][:3]}"
+        return text
+
+
+@dataclass
+class DicomScan:
+    """Result of a scan: the image stacks found and the files skipped (paths relative to ``root``)."""
+
+    root: Path
+    series: list[SeriesInfo]
+    problems: list[Problem]
+
+    def find(self, stack_id: str) -> SeriesInfo:
+        for s in self.series:
+            if s.stack_id == stack_id:
+                return s
+        raise KeyError(stack_id)
+
+
+def _split(
+    groups: list[tuple[str, list[SliceHeader]]],
+    key: Callable[[SliceHeader], object],
+    label: Callable[[object], str],
+) -> list[tuple[str, list[SliceHeader]]]:
+    out: list[tuple[str, list[SliceHeader]]] = []
+    for suffix, headers in groups:
+        buckets: dict[object, list[SliceHeader]] = {}
+        for h in headers:
+            buckets.setdefault(key(h), []).append(h)
+        if len(buckets) == 1:
+            out.append((suffix, headers))
+            continue
+        for value in sorted(buckets, key=lambda v: (len(str(v)), str(v))):  # "2" before "10"
+            out.append((suffix + label(value), buckets[value]))
+    return out
+
+
+def _split_orientation(groups: list[tuple[str, list[SliceHeader]]]) -> list[tuple[str, list[SliceHeader]]]:
+    out: list[tuple[str, list[SliceHeader]]] = []
+    for suffix, headers in groups:
+        clusters: list[list[SliceHeader]] = []
+        unoriented: list[SliceHeader] = []
+        for h in headers:
+            if h.orientation is None:
+                unoriented.append(h)
+                continue
+            for cluster in clusters:
+                if same_orientation(cluster[0].orientation, h.orientation, ORIENTATION_TOL):
+                    cluster.append(h)
+                    break
+            else:
+                clusters.append([h])
+        if len(clusters) <= 1:
+            out.append((suffix, headers))
+            continue
+        clusters.sort(key=len, reverse=True)
+        clusters[0].extend(unoriented)  # keep them in a stack so it reports MISSING_GEOMETRY
+        seen: dict[str, int] = {}
+        for cluster in clusters:
+            plane = plane_name(cluster[0].orientation)
+            seen[plane] = seen.get(plane, 0) + 1
+            name = plane if seen[plane] == 1 else f"{plane}{seen[plane]}"
+            out.append((f"{suffix}#{name}", cluster))
+    return out
+
+
+def _has_duplicate_positions(headers: Sequence[SliceHeader]) -> bool:
+    positions = [tuple(round(v, 3) for v in h.position) for h in headers if h.position is not None]
+    return len(set(positions)) < len(positions)
+
+
+def group_stacks(
+    headers: Sequence[SliceHeader], *, split_stacks: bool = True
+) -> list[tuple[str, list[SliceHeader]]]:
+    """Group slice headers into stacks: ``[(stack_id, headers), ...]`` (see the module docstring)."""
+    by_uid: dict[str, list[SliceHeader]] = {}
+    for h in headers:
+        by_uid.setdefault(h.series_uid, []).append(h)
+    stacks: list[tuple[str, list[SliceHeader]]] = []
+    for uid, members in by_uid.items():
+        groups = [("", members)]
+        if split_stacks:
+            groups = _split(groups, lambda h: (h.columns, h.rows), lambda v: f"#{v[0]}x{v[1]}")
+            groups = _split_orientation(groups)
+            groups = _split(groups, lambda h: h.echo_number, lambda v: f"#echo{v or 'none'}")
+            split_groups = []
+            for suffix, group in groups:
+                parts = [(suffix, group)]
+                if _has_duplicate_positions(group):
+                    if len({h.temporal_position for h in group}) > 1:
+                        parts = _split(parts, lambda h: h.temporal_position, lambda v: f"#t{v or 'none'}")
+                    elif len({h.acquisition_number for h in group}) > 1:
+                        parts = _split(parts, lambda h: h.acquisition_number, lambda v: f"#acq{v or 'none'}")
+                split_groups.extend(parts)
+            groups = split_groups
+        stacks.extend((uid + suffix, group) for suffix, group in groups)
+    return stacks
+
+
+def _series_info(stack_id: str, headers: list[SliceHeader], root: Path) -> SeriesInfo:
+    geom = analyse_stack(headers, root)
+    first = geom.slices[0]
+    orientation = axis_codes(geom.affine) if geom.affine is not None else ""
+    return SeriesInfo(
+        series_uid=first.series_uid,
+        stack_id=stack_id,
+        study_uid=first.study_uid,
+        frame_of_reference_uid=first.frame_of_reference_uid,
+        modality=first.modality,
+        series_description=first.series_description,
+        image_type=first.image_type,
+        series_number=first.series_number,
+        rows=first.rows,
+        columns=first.columns,
+        pixel_spacing=first.pixel_spacing,
+        files=[h.path for h in geom.slices],
+        n_slices=len(geom.slices),
+        orientation=orientation,
+        shape=(first.columns, first.rows, len(geom.slices)),
+        spacing=geom.spacing,
+        affine=geom.affine,
+        root=root,
+        problems=geom.problems,
+        slices=geom.slices,
+    )
+
+
+def _iter_files(root: Path) -> list[Path]:
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_file():
+                files.append(path)
+    return files
+
+
+def scan_dicom_files(
+    files: Sequence[str | Path], root: str | Path, *, split_stacks: bool = True
+) -> DicomScan:
+    """Scan an explicit list of files (problem paths relative to ``root``); see :func:`scan_dicom_tree`."""
+    root = Path(root).absolute()
+    headers: list[SliceHeader] = []
+    problems: list[Problem] = []
+    damaged: dict[str, list[Problem]] = {}
+    for f in files:
+        result = read_slice_header(Path(f).absolute(), root)
+        if isinstance(result, SkippedFile):
+            problems.append(result.problem)
+            if result.series_uid:
+                damaged.setdefault(result.series_uid, []).append(result.problem)
+            logger.debug("skipped %s", result.problem)
+        else:
+            headers.append(result)
+    series = [
+        _series_info(stack_id, group, root)
+        for stack_id, group in group_stacks(headers, split_stacks=split_stacks)
+    ]
+    for info in series:
+        info.problems[:0] = damaged.get(info.series_uid, [])
+    series.sort(
+        key=lambda s: (s.study_uid, s.series_number if s.series_number is not None else -1, s.stack_id)
+    )
+    if problems:
+        logger.info("%s: %d file(s) skipped during DICOM discovery", root, len(problems))
+    return DicomScan(root=root, series=series, problems=problems)
+
+
+def scan_dicom_tree(root: str | Path, *, split_stacks: bool = True) -> DicomScan:
+    """Walk ``root`` and group every DICOM image file into stacks, reading headers only.
+
+    Args:
+        root: folder (a series folder or a whole study / patient tree).
+        split_stacks: split one SeriesInstanceUID holding several stacks (see the module docstring); when
+            ``False`` such a mixture is reported as INCONSISTENT_SHAPE / MIXED_ORIENTATION / DUPLICATE_SLICE.
+
+    Returns:
+        A :class:`DicomScan`; skipped files (empty, not DICOM, DICOMDIR, non-image objects, damaged) are in
+        ``scan.problems`` with paths relative to ``root``.
+
+    Raises:
+        InputError: FILE_NOT_FOUND when ``root`` is not a folder.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise InputError(ReasonCode.FILE_NOT_FOUND, str(root), "DICOM folder not found (or not a folder)")
+    return scan_dicom_files(_iter_files(root_path), root_path, split_stacks=split_stacks)
+
+
+def describe_problems(problems: Sequence[Problem], limit: int = 5) -> str:
+    """Short text listing the first problems, for error messages."""
+    shown = "; ".join(f"[{p.code.value}] {p.path}: {p.detail}" for p in problems[:limit])
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return shown + more
