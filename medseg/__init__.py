@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_model"]
+
+
+def load_model(uri: Any, **kwargs: Any) -> Any:
+    """Load a trained model as a :class:`medseg.inference.Predictor` (see :func:`medseg.inference.load_model`)."""
+    from medseg.inference import load_model as _load_model
+
+    return _load_model(uri, **kwargs)
