@@ -199,3 +199,22 @@ def test_huge_header_refused_before_allocation(tmp_path, volume):
         liar.write_bytes(gzip.compress(bytes(raw)) if suffix == ".nii.gz" else bytes(raw))
         err = _raises(ReasonCode.HEADER_SIZE_MISMATCH, liar)
         assert "2000" in err.detail and "before allocating" in err.detail
+
+
+def test_readers_work_inside_monai_loadimage(tmp_path, volume):
+    """The readers are MONAI ImageReaders: LoadImage(d) gives what load_volume gives."""
+    from monai.transforms import LoadImage, LoadImaged
+
+    from medseg.data.nifti import NiftiReader
+    from medseg.data.sitk_reader import SimpleITKReader
+
+    nii = tmp_path / "a.nii.gz"
+    _write(nii, volume, _affine("oblique"))
+    mha = tmp_path / "a.mha"
+    sitk.WriteImage(sitk.ReadImage(str(nii)), str(mha))
+    ours = load_volume(nii)
+    via_monai = LoadImage(reader=NiftiReader(), image_only=True, ensure_channel_first=True)(str(nii))
+    via_dict = LoadImaged("img", reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)({"img": str(mha)})
+    for other in (via_monai, via_dict["img"]):
+        np.testing.assert_array_equal(other.numpy(), ours.numpy())
+        np.testing.assert_allclose(other.affine.numpy(), ours.affine.numpy(), atol=1e-4)

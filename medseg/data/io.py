@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import ImageReader, MetaTensor
-from monai.transforms import LoadImage
+from monai.utils import MetaKeys
 
 from medseg.atomic import atomic_path
 from medseg.data.nifti import NiftiReader, is_nifti
@@ -67,10 +67,7 @@ def load_volume(
         InputError: unreadable, truncated or inconsistent input, with its reason code and file.
     """
     reader = reader_for(path, series_rule=series_rule, allow_nan=allow_nan)
-    loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
-    img = loader(str(path), reader=reader)
-    if not isinstance(img, MetaTensor):  # pragma: no cover - LoadImage always returns MetaTensor here
-        img = MetaTensor(img)
+    img = _to_metatensor(*reader.get_data(reader.read(str(path))), dtype=dtype)
     spatial = tuple(img.shape[1:])
     if img.shape[0] != 1 and not allow_channels:
         raise InputError(
@@ -88,6 +85,28 @@ def load_volume(
         )
     img.meta["filename_or_obj"] = str(path)
     return img
+
+
+def _to_metatensor(array: np.ndarray, meta: dict, dtype: np.dtype | type | None) -> MetaTensor:
+    """What ``monai.transforms.LoadImage(ensure_channel_first=True)`` returns, without its C-order copy.
+
+    NIfTI and DICOM volumes arrive as Fortran-ordered (i, j, k) arrays; they are wrapped as strided tensors (as
+    nibabel returns them) instead of being transposed in memory. The channel axis is put first as a view.
+    """
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)  # one pass, memory order kept
+    if any(st < 0 for st in array.strides) or not array.flags.writeable:
+        array = np.ascontiguousarray(array)
+    tensor = torch.from_numpy(array)
+    channel_dim = meta.get(MetaKeys.ORIGINAL_CHANNEL_DIM, float("nan"))
+    if isinstance(channel_dim, float) and np.isnan(channel_dim):
+        tensor = tensor.unsqueeze(0)
+    elif int(channel_dim) != 0:
+        tensor = tensor.movedim(int(channel_dim), 0)
+    meta = dict(meta)
+    meta[MetaKeys.AFFINE] = torch.as_tensor(np.asarray(meta[MetaKeys.AFFINE], dtype=np.float64))
+    meta[MetaKeys.ORIGINAL_AFFINE] = torch.as_tensor(np.asarray(meta[MetaKeys.ORIGINAL_AFFINE], dtype=np.float64))
+    return MetaTensor(tensor, meta=meta)
 
 
 def _drop_axis(affine: torch.Tensor) -> torch.Tensor:
@@ -181,8 +200,23 @@ def save_label(
     return _write_nifti(np.asarray(out), _affine_4x4(src), path)
 
 
-def save_image(image: Any, path: str | os.PathLike, *, affine: Any = None) -> Path:
-    """Write a single-channel image as float32 NIfTI (or a multi-channel one as 4D, channels last), atomically."""
+def lossless_dtype(array: np.ndarray) -> np.dtype:
+    """int16 when every value is an integer in int16's range (CT in HU, most MR), else float32."""
+    if array.dtype.kind in "iu" or (
+        array.size and np.all(np.isfinite(array)) and np.array_equal(array, np.round(array))
+    ):
+        if array.size == 0 or (array.min() >= -32768 and array.max() <= 32767):
+            return np.dtype(np.int16)
+    return np.dtype(np.float32)
+
+
+def save_image(
+    image: Any, path: str | os.PathLike, *, affine: Any = None, dtype: np.dtype | type | None = np.float32
+) -> Path:
+    """Write an image as NIfTI atomically: single channel as 3D, several channels as 4D (channels last).
+
+    ``dtype=None`` picks :func:`lossless_dtype` (int16 for integer-valued images).
+    """
     arr = _as_numpy(image)
     if arr.ndim == 4 and arr.shape[0] > 1:
         arr = np.moveaxis(arr, 0, -1)
@@ -191,4 +225,5 @@ def save_image(image: Any, path: str | os.PathLike, *, affine: Any = None) -> Pa
     src = affine if affine is not None else getattr(image, "affine", None)
     if src is None:
         raise ValueError(f"{path}: no affine given (pass affine= or a MetaTensor image)")
-    return _write_nifti(arr.astype(np.float32, copy=False), _affine_4x4(src), path)
+    out_dtype = lossless_dtype(arr) if dtype is None else np.dtype(dtype)
+    return _write_nifti(arr.astype(out_dtype, copy=False), _affine_4x4(src), path)

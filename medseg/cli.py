@@ -1,0 +1,98 @@
+"""The ``medseg`` command: a thin layer that parses arguments and calls the library.
+
+Heavy imports (torch, MONAI, SimpleITK, mlflow) happen inside the subcommand that needs them so that
+``medseg --help`` stays fast. Errors about the user's input are printed as one line with their reason code
+and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_INPUT = 2
+
+
+def _series_rule_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DICOM series selection (when a folder holds several series)")
+    g.add_argument("--modality", help="required Modality, e.g. CT or MR")
+    g.add_argument("--description", help="regular expression matched against SeriesDescription")
+    g.add_argument("--image-type", action="append", default=None, help="token required in ImageType (repeatable)")
+    g.add_argument("--min-slices", type=int, default=None, help="minimum number of slices")
+
+
+def _series_rule(args: argparse.Namespace):
+    values = {
+        "modality": args.modality,
+        "description": args.description,
+        "image_type": args.image_type,
+        "min_slices": args.min_slices,
+    }
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return None
+    from medseg.data.dicom import SeriesRule
+
+    return SeriesRule.from_dict(values)
+
+
+def _fmt(values, digits: int = 3) -> str:
+    return "x".join(f"{float(v):.{digits}g}" for v in values)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from medseg.data.inspect import describe_path
+
+    for line in describe_path(Path(args.path)):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from medseg.data.convert import convert_to_nifti
+
+    out = convert_to_nifti(Path(args.path), Path(args.output), series_rule=_series_rule(args), overwrite=args.force)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medseg", description="Medical image segmentation pipelines on MONAI.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="list the series / volumes under PATH (no patient identifiers)")
+    p.add_argument("path", help="a volume file, a DICOM series folder or a study tree")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="write a DICOM series (or any readable volume) as NIfTI")
+    p.add_argument("path", help="a volume file, a DICOM series folder or a study tree")
+    p.add_argument("output", help="output .nii or .nii.gz")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _series_rule_args(p)
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from medseg.errors import ConfigError, InputError
+
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(f"medseg {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (ConfigError, FileExistsError) as exc:
+        print(f"medseg {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

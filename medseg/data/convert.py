@@ -1,0 +1,31 @@
+"""Conversion of any readable volume (DICOM series, NRRD, MHA, NIfTI) to NIfTI with its exact geometry."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from medseg.data.io import load_volume, save_image
+
+logger = logging.getLogger(__name__)
+
+
+def convert_to_nifti(
+    path: str | os.PathLike, output: str | os.PathLike, *, series_rule: Any = None, overwrite: bool = False
+) -> Path:
+    """Read ``path`` and write it to ``output`` (.nii/.nii.gz) with the same voxels and RAS affine.
+
+    Integer-valued images (e.g. CT in HU after RescaleSlope/Intercept) are stored as int16, others as float32.
+    An existing ``output`` is only replaced with ``overwrite=True``; the write is atomic either way.
+    """
+    output = Path(output)
+    if not str(output).lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{output}: output must end with .nii or .nii.gz")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite (--force) to replace it")
+    img = load_volume(path, series_rule=series_rule)
+    out = save_image(img, output, dtype=None)
+    logger.info("converted %s -> %s, shape %s", Path(path).name, output.name, tuple(img.shape[1:]))
+    return out
