@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom.uid import generate_uid
 
 from medseg.atomic import atomic_write_text
 from medseg.data.io import save_image, save_label
@@ -88,6 +89,8 @@ def write_ct_study(
     affine = affine_for(orientation, spacing=spacing, shape=shape)  # type: ignore[arg-type]
     ph = make_ct_phantom(shape=shape, seed=seed, affine=affine, n_organs=n_organs)
     series_folder = folder / "CT"
+    # UIDs unique per study folder (and reproducible): two studies written with one seed stay two series
+    key = (folder.name, orientation, seed, reverse_order, tuple(shape), tuple(spacing))
     write_dicom_series(
         np.round(ph.image),
         affine,
@@ -99,5 +102,8 @@ def write_ct_study(
         reverse_order=reverse_order,
         image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
         seed=seed,
+        study_uid=generate_uid(entropy_srcs=["study", *map(str, key)]),
+        series_uid=generate_uid(entropy_srcs=["series", *map(str, key)]),
+        frame_of_reference_uid=generate_uid(entropy_srcs=["for", *map(str, key)]),
     )
     return SyntheticStudy(folder, series_folder, orientation, ph.label, affine)
