@@ -1,0 +1,249 @@
+"""Tracking stores: which URI to use, whether it answers, and bounded MLflow calls.
+
+The library never reads environment variables for paths: :func:`resolve_tracking_uri` takes the environment as
+an argument and the CLI passes ``os.environ``. MLflow itself reads its HTTP timeout and retry count from
+environment variables on every request; :func:`mlflow_http_limits` sets them for the duration of one call so a
+dead server costs at most the configured timeout instead of MLflow's default (120 s x 7 retries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from medseg.tracking.errors import TrackingError
+
+logger = logging.getLogger(__name__)
+
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+EMBEDDED_DB_NAME = "mlruns.db"
+EMBEDDED_ARTIFACTS_DIR = "mlartifacts"
+_NETWORK_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def resolve_tracking_uri(config_uri: str | None, env: Mapping[str, str], workdir: str | Path) -> str:
+    """The tracking URI to use: explicit config > ``MLFLOW_TRACKING_URI`` in ``env`` > embedded SQLite.
+
+    The embedded default is ``sqlite:///<workdir>/mlruns.db`` (absolute path) with artifacts stored beside it in
+    ``<workdir>/mlartifacts`` (see :func:`embedded_artifact_location`). Nothing is created here.
+    """
+    if config_uri is not None and config_uri.strip():
+        return config_uri.strip()
+    from_env = env.get(ENV_TRACKING_URI, "").strip()
+    if from_env:
+        return from_env
+    db = (Path(workdir).expanduser().resolve() / EMBEDDED_DB_NAME).as_posix()
+    return f"sqlite:///{db}"
+
+
+def _scheme(uri: str) -> str:
+    return urlsplit(uri).scheme.split("+", 1)[0].lower()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``None`` for other URIs and in-memory databases)."""
+    if _scheme(uri) != "sqlite":
+        return None
+    rest = uri.split(":", 1)[1]
+    if not rest.startswith("///"):
+        return None
+    path = unquote(rest[3:].split("?", 1)[0])
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def embedded_artifact_location(uri: str) -> str | None:
+    """Artifact root for experiments created in a local SQLite store: ``mlartifacts`` beside the database.
+
+    Returns ``None`` for server URIs (the server decides where artifacts go).
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.expanduser().resolve().parent / EMBEDDED_ARTIFACTS_DIR).as_posix()
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without a password (``http://user:secret@host`` -> ``http://user:***@host``), for logs and reports."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+_CREDENTIALS_RE = re.compile(r"(://[^/\s:@]+):[^@\s/]+@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (e.g. an exception message) with passwords of embedded URLs replaced by ``***``."""
+    return _CREDENTIALS_RE.sub(r"\1:***@", text)
+
+
+@dataclass(frozen=True)
+class Connectivity:
+    """Result of :func:`check_tracking`: whether the store answered, and why not."""
+
+    ok: bool
+    detail: str
+
+
+def _probe_tcp(host: str, port: int, timeout_s: float) -> str | None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"cannot connect to {host}:{port}: {exc}"
+
+
+def _probe_http(uri: str, timeout_s: float) -> str | None:
+    url = uri.rstrip("/") + "/health"
+    request = urllib.request.Request(url, method="GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - http(s) only
+            response.read(64)
+        return None
+    except urllib.error.HTTPError:
+        return None  # the server answered (maybe 401/404 behind a proxy): it is reachable
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"no answer from {redact_uri(url)} within {timeout_s:g} s: {reason}"
+
+
+def check_tracking(uri: str, timeout_s: float) -> Connectivity:
+    """Check within ``timeout_s`` whether the tracking store at ``uri`` can be used.
+
+    - ``http(s)://``: ``GET <uri>/health``; any HTTP answer counts as reachable (authentication is MLflow's job).
+    - database URIs with a host (PostgreSQL, MySQL, ...): a TCP connection to the host.
+    - ``sqlite:///`` and ``file:``: the folder of the database exists or can be created, and is writable.
+    - anything else (``databricks``...): not probed, reported as reachable.
+    """
+    scheme = _scheme(uri)
+    if scheme in ("http", "https"):
+        problem = _probe_http(uri, timeout_s)
+    elif scheme in _NETWORK_DEFAULT_PORTS:
+        parts = urlsplit(uri)
+        if not parts.hostname:
+            return Connectivity(True, "no host to probe")
+        problem = _probe_tcp(parts.hostname, parts.port or _NETWORK_DEFAULT_PORTS[scheme], timeout_s)
+    elif scheme in ("sqlite", "file"):
+        target = sqlite_path(uri) if scheme == "sqlite" else Path(unquote(urlsplit(uri).path)) / "x"
+        if target is None:
+            return Connectivity(True, "in-memory or relative store")
+        problem = _probe_folder(target.expanduser().parent)
+    else:
+        return Connectivity(True, f"scheme {scheme!r} not probed")
+    if problem is None:
+        return Connectivity(True, "reachable")
+    return Connectivity(False, problem)
+
+
+def _probe_folder(folder: Path) -> str | None:
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            return f"no existing parent folder for {folder}"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"folder {existing} is not writable"
+    return None
+
+
+@contextlib.contextmanager
+def mlflow_http_limits(timeout_s: float) -> Iterator[None]:
+    """Bound MLflow's HTTP requests to ``timeout_s`` seconds and no retries while the block runs.
+
+    MLflow reads ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (whole seconds) and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` from the
+    environment on each request; the previous values are restored afterwards. Not thread-safe (the
+    environment is process-wide), like MLflow's own fluent API.
+    """
+    values = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in previous.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+@contextlib.contextmanager
+def use_global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at ``uri`` for the block, then restore it.
+
+    Only needed for the few MLflow functions that take no explicit URI (``Model.log``). MLflow mirrors the URI
+    into ``MLFLOW_TRACKING_URI``; the user's own value of that variable is restored as well.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous_global = getattr(tracking_utils, "_tracking_uri", None)
+    previous_env = os.environ.get(ENV_TRACKING_URI)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous_global)
+        if previous_env is None:
+            os.environ.pop(ENV_TRACKING_URI, None)
+        else:
+            os.environ[ENV_TRACKING_URI] = previous_env
+
+
+def make_client(uri: str) -> Any:
+    """An ``MlflowClient`` bound to ``uri`` for both tracking and registry (no process-wide state).
+
+    For a local SQLite store the database folder is created first (SQLite does not create folders).
+    """
+    from mlflow import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is not None:
+        db.expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (with embedded artifact root for SQLite stores) if missing."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=embedded_artifact_location(uri))
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)  # created concurrently by another process
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(
+            f"experiment {name!r} exists but is deleted in {redact_uri(uri)}; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or use another name"
+        )
+    return experiment.experiment_id
