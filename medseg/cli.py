@@ -60,6 +60,32 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tracking_uri(args: argparse.Namespace) -> str:
+    import os
+
+    from medseg.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(args.tracking_uri, os.environ, Path(args.workdir))
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from medseg.tracking import promote
+
+    info = promote(args.run_id, args.name, args.alias, _tracking_uri(args))
+    print(f"registered {info.name} version {info.version}" + (f" with alias '{info.alias}'" if info.alias else ""))
+    print(f"model URI: models:/{info.name}/{info.version}")
+    return EXIT_OK
+
+
+def _tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlruns.db)",
+    )
+    p.add_argument("--workdir", default=".", help="folder of the embedded MLflow store (default: current folder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medseg", description="Medical image segmentation pipelines on MONAI.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -75,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     _series_rule_args(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("register", help="register a run's logged model in the MLflow registry and set an alias")
+    p.add_argument("run_id", help="MLflow run id of a training run")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--alias", default="champion", help="alias to point at the new version (default: champion)")
+    _tracking_args(p)
+    p.set_defaults(func=cmd_register)
     return parser
 
 
@@ -82,14 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from medseg.errors import ConfigError, InputError
+    from medseg.errors import MedsegError
 
     try:
         return int(args.func(args))
-    except InputError as exc:
-        print(f"medseg {args.command}: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except (ConfigError, FileExistsError) as exc:
+    except (MedsegError, FileExistsError) as exc:
         print(f"medseg {args.command}: {exc}", file=sys.stderr)
         return EXIT_INPUT
 
