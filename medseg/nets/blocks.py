@@ -1,0 +1,388 @@
+"""Building blocks shared by medseg's networks: a layer factory for 2D/3D and the UNet encoder/decoder blocks.
+
+One :class:`LayerFactory` turns ``spatial_dims`` plus the options (normalisation, activation, dropout) into layers,
+so every network serves 2D and 3D from one argument. UNet and UNet++ are both built from :class:`EncoderStage`
+and :class:`UpConcat`; UNet++ only adds its nested wiring.
+
+Normalisation (``norm``):
+
+- ``"batch"``: ``BatchNorm{2,3}d``.
+- ``"instance"``: :class:`InstanceNorm`, a ``GroupNorm`` with one group per channel. It computes exactly what
+  ``InstanceNorm{2,3}d(affine=True)`` computes (per sample and channel statistics, in training and in eval), and is
+  faster on CPU (1.3-3x forward, 1.2-2x forward+backward at 96^3 / 48^3 / 12^3 in our measurements with torch 2.13).
+- ``"none"``: no normalisation; convolutions then get a bias (they have none when a normalisation follows,
+  since the normalisation removes a per-channel constant anyway).
+
+Shape helpers: networks pad the high end of every spatial axis with zeros up to a multiple of ``2**depth`` and crop
+their outputs back (:func:`pad_to_multiple`, :func:`crop_padding`), so any input size works. When padding is not
+needed (eager mode, sizes already multiples) nothing is copied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SPATIAL_DIMS = (2, 3)
+UPSAMPLE_MODES = ("deconv", "linear")
+DOWNSAMPLE_MODES = ("maxpool", "strided")
+
+_CONV: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T: dict[int, type[nn.Module]] = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_MAX_POOL: dict[int, type[nn.Module]] = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
+
+
+class InstanceNorm(nn.GroupNorm):
+    """Instance normalisation with a learnt per-channel scale and shift, for any number of spatial dims.
+
+    Implemented as ``GroupNorm(num_groups=channels)``: statistics per sample and channel over all spatial positions,
+    identical to ``nn.InstanceNorm3d(channels, affine=True)`` (no running statistics, same in train and eval).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(num_groups=channels, num_channels=channels, eps=eps, affine=True)
+
+
+#: Normalisation name -> {spatial_dims: class}, each called as ``cls(channels)``; ``"none"`` means no layer.
+NORMS: dict[str, dict[int, type[nn.Module]] | None] = {
+    "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
+    "instance": {2: InstanceNorm, 3: InstanceNorm},
+    "none": None,
+}
+
+#: Activation name -> (class, keyword arguments). In-place where autograd allows it (saves one activation map);
+#: PReLU also gets ``num_parameters=channels`` (one learnt slope per channel).
+ACTIVATIONS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "relu": (nn.ReLU, {"inplace": True}),
+    "leakyrelu": (nn.LeakyReLU, {"negative_slope": 0.01, "inplace": True}),
+    "prelu": (nn.PReLU, {}),
+    "gelu": (nn.GELU, {}),
+    "elu": (nn.ELU, {"inplace": True}),
+    "silu": (nn.SiLU, {"inplace": True}),
+}
+
+
+def check_choice(option: str, value: object, valid: Sequence[object]) -> None:
+    """Raise :class:`~medseg.errors.ConfigError` (a ``ValueError``) naming ``option`` unless ``value`` is valid."""
+    if isinstance(value, bool) or value not in valid:
+        choices = ", ".join(repr(v) for v in valid)
+        raise ConfigError(f"{option}={value!r} is not valid; choose one of: {choices}")
+
+
+def check_positive_int(option: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1, else raise a ConfigError naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{option} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_features(features: Sequence[int]) -> tuple[int, ...]:
+    """Validate encoder widths (one per level, at least two levels) and return them as a tuple."""
+    if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
+        raise ConfigError(f"features must be a sequence of positive integers, got {features!r}")
+    if len(features) < 2:
+        raise ConfigError(f"features needs at least 2 levels (one downsampling), got {list(features)!r}")
+    for i, width in enumerate(features):
+        check_positive_int(f"features[{i}]", width)
+    return tuple(features)
+
+
+@dataclass(frozen=True)
+class LayerFactory:
+    """Makes the layers of one network: conv, norm, activation, pooling, up-convolutions for ``spatial_dims``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        norm: a key of :data:`NORMS`.
+        activation: a key of :data:`ACTIVATIONS`.
+        dropout: probability of the (element-wise) dropout after each activation, in [0, 1); 0 adds no layer.
+    """
+
+    spatial_dims: int
+    norm: str = "instance"
+    activation: str = "leakyrelu"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("spatial_dims", self.spatial_dims, SPATIAL_DIMS)
+        check_choice("norm", self.norm, list(NORMS))
+        check_choice("activation", self.activation, list(ACTIVATIONS))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def has_norm(self) -> bool:
+        return NORMS[self.norm] is not None
+
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
+        """A 'same' convolution (odd kernel); bias only when no normalisation follows."""
+        return _CONV[self.spatial_dims](
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=not self.has_norm,
+        )
+
+    def head(self, in_channels: int, out_channels: int) -> nn.Module:
+        """A 1x1 output convolution with bias (produces logits)."""
+        return _CONV[self.spatial_dims](in_channels, out_channels, kernel_size=1)
+
+    def norm_layer(self, channels: int) -> nn.Module | None:
+        classes = NORMS[self.norm]
+        return None if classes is None else classes[self.spatial_dims](channels)
+
+    def act_layer(self, channels: int) -> nn.Module:
+        cls, kwargs = ACTIVATIONS[self.activation]
+        if cls is nn.PReLU:
+            kwargs = {**kwargs, "num_parameters": channels}
+        return cls(**kwargs)
+
+    def dropout_layer(self) -> nn.Module | None:
+        return nn.Dropout(p=self.dropout) if self.dropout > 0 else None
+
+    def max_pool(self) -> nn.Module:
+        return _MAX_POOL[self.spatial_dims](kernel_size=2, stride=2)
+
+    def conv_transpose(self, in_channels: int, out_channels: int) -> nn.Module:
+        """A 2x2 transposed convolution with stride 2: doubles every spatial size."""
+        return _CONV_T[self.spatial_dims](in_channels, out_channels, kernel_size=2, stride=2)
+
+    @property
+    def linear_mode(self) -> str:
+        return _LINEAR_MODE[self.spatial_dims]
+
+
+def _sequential(*layers: nn.Module | None) -> list[nn.Module]:
+    return [layer for layer in layers if layer is not None]
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution (3x3 by default) -> normalisation -> activation -> dropout."""
+
+    def __init__(
+        self,
+        factory: LayerFactory,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__(
+            *_sequential(
+                factory.conv(in_channels, out_channels, kernel_size, stride),
+                factory.norm_layer(out_channels),
+                factory.act_layer(out_channels),
+                factory.dropout_layer(),
+            )
+        )
+
+
+class DoubleConv(nn.Sequential):
+    """Two :class:`ConvNormAct`; the first one may be strided (``stride=2`` halves every spatial size)."""
+
+    def __init__(self, factory: LayerFactory, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__(
+            ConvNormAct(factory, in_channels, out_channels, stride=stride),
+            ConvNormAct(factory, out_channels, out_channels),
+        )
+
+
+class ResidualBlock(nn.Module):
+    """ResUNet block: conv-norm-act(-dropout), conv-norm, plus a shortcut, then the activation.
+
+    The shortcut is the identity when shapes match, else a 1x1 convolution (strided like the block) and a norm.
+    """
+
+    def __init__(self, factory: LayerFactory, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = ConvNormAct(factory, in_channels, out_channels, stride=stride)
+        self.conv2 = nn.Sequential(
+            *_sequential(factory.conv(out_channels, out_channels), factory.norm_layer(out_channels))
+        )
+        if stride == 1 and in_channels == out_channels:
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(
+                *_sequential(
+                    factory.conv(in_channels, out_channels, kernel_size=1, stride=stride),
+                    factory.norm_layer(out_channels),
+                )
+            )
+        self.act = factory.act_layer(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+def conv_block(
+    factory: LayerFactory, in_channels: int, out_channels: int, residual: bool, stride: int = 1
+) -> nn.Module:
+    """The two-convolution unit of every level: :class:`DoubleConv` or, with ``residual``, :class:`ResidualBlock`."""
+    if residual:
+        return ResidualBlock(factory, in_channels, out_channels, stride=stride)
+    return DoubleConv(factory, in_channels, out_channels, stride=stride)
+
+
+class EncoderStage(nn.Sequential):
+    """One encoder level: optional 2x downsampling, then the conv block.
+
+    ``downsample``: ``None`` (first level), ``"maxpool"`` (2x2 max pooling before the block) or ``"strided"``
+    (the block's first 3x3 convolution has stride 2).
+    """
+
+    def __init__(
+        self,
+        factory: LayerFactory,
+        in_channels: int,
+        out_channels: int,
+        downsample: str | None,
+        residual: bool,
+    ) -> None:
+        if downsample is not None:
+            check_choice("downsample", downsample, DOWNSAMPLE_MODES)
+        layers: list[nn.Module] = []
+        if downsample == "maxpool":
+            layers.append(factory.max_pool())
+        stride = 2 if downsample == "strided" else 1
+        layers.append(conv_block(factory, in_channels, out_channels, residual, stride=stride))
+        super().__init__(*layers)
+
+
+class Upsample(nn.Module):
+    """2x upsampling from ``in_channels`` to ``out_channels``.
+
+    ``"deconv"``: a 2x2 transposed convolution with stride 2. ``"linear"``: a 1x1 convolution followed by
+    (bi/tri)linear interpolation (``align_corners=False``). Interpolation weights sum to one, so the 1x1 convolution
+    commutes with it exactly; applying it at the low resolution costs 2**spatial_dims times fewer operations.
+    """
+
+    def __init__(self, factory: LayerFactory, in_channels: int, out_channels: int, mode: str) -> None:
+        super().__init__()
+        check_choice("upsample", mode, UPSAMPLE_MODES)
+        self.mode = mode
+        self.interp_mode = factory.linear_mode
+        if mode == "deconv":
+            self.conv = factory.conv_transpose(in_channels, out_channels)
+        else:
+            self.conv = factory.head(in_channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.mode == "linear":
+            x = F.interpolate(x, scale_factor=2.0, mode=self.interp_mode, align_corners=False)
+        return x
+
+
+class UpConcat(nn.Module):
+    """Decoder node: upsample the deeper feature map, concatenate it after the skip connections, conv block.
+
+    Args:
+        factory: the layer factory.
+        in_channels: channels of the deeper map (upsampled to ``out_channels``).
+        skip_channels: total channels of the skip maps concatenated before the upsampled map.
+        out_channels: output channels.
+        upsample: ``"deconv"`` or ``"linear"``.
+        residual: use :class:`ResidualBlock` instead of :class:`DoubleConv`.
+    """
+
+    def __init__(
+        self,
+        factory: LayerFactory,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        upsample: str,
+        residual: bool,
+    ) -> None:
+        super().__init__()
+        self.up = Upsample(factory, in_channels, out_channels, upsample)
+        self.block = conv_block(factory, skip_channels + out_channels, out_channels, residual)
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        # one concatenation of all skips and the upsampled map (UNet++ nodes have several skips)
+        return self.block(torch.cat([*skips, self.up(x)], dim=1))
+
+
+def _tracing() -> bool:
+    """True while torch.export / torch.compile / TorchScript tracing: shapes may be symbolic there."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, list[int]]:
+    """Zero-pad the high end of each spatial axis of ``x`` (B, C, *spatial) up to a multiple of ``multiple``.
+
+    Returns the padded tensor and the ``F.pad`` list used (last axis first, ``[0, pad]`` per axis), to be passed to
+    :func:`crop_padding`. The low end is never padded, so voxel ``k`` of a level downsampled by ``2**i`` covers
+    input voxels ``[k * 2**i, (k + 1) * 2**i)``. Eager calls with nothing to pad return ``x`` itself (no copy).
+    While tracing the pad is always recorded (possibly of zero), so exported graphs work for every size.
+    """
+    pads: list[int] = []
+    for size in reversed(x.shape[2:]):
+        pads += [0, (-size) % multiple]
+    if _tracing() or any(pad != 0 for pad in pads):
+        x = F.pad(x, pads)
+    return x, pads
+
+
+def crop_padding(y: torch.Tensor, pads: list[int], scale: int = 1) -> torch.Tensor:
+    """Remove the padding added by :func:`pad_to_multiple` from ``y``, a map downsampled by ``scale``.
+
+    At full resolution (``scale=1``) the output gets the input's size; at ``scale = 2**i`` it gets
+    ``ceil(size / 2**i)`` per axis (the voxels that still see some input). Cropping is a negative ``F.pad`` because
+    it traces into shape-generic graphs for torch.export and ONNX (slicing specialises on whether it crops).
+    """
+    crop = [-(pad // scale) for pad in pads]
+    if not _tracing() and not any(crop):
+        return y
+    return F.pad(y, crop)
+
+
+def encoder_stages(
+    factory: LayerFactory, in_channels: int, features: Sequence[int], downsample: str, residual: bool
+) -> nn.ModuleList:
+    """The encoder levels X(0,0)..X(depth,0): level ``i`` outputs ``features[i]`` channels at 1/2**i resolution."""
+    return nn.ModuleList(
+        EncoderStage(
+            factory,
+            in_channels if i == 0 else features[i - 1],
+            width,
+            downsample=None if i == 0 else downsample,
+            residual=residual,
+        )
+        for i, width in enumerate(features)
+    )
+
+
+def check_input(x: torch.Tensor, spatial_dims: int, in_channels: int) -> None:
+    """Raise ValueError unless ``x`` is (B, in_channels, *spatial) with ``spatial_dims`` spatial axes."""
+    if x.ndim != spatial_dims + 2:
+        raise ValueError(
+            f"expected input of shape (B, {in_channels}, {', '.join('N' * spatial_dims)}) for a {spatial_dims}D network, "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"expected {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+
+
+def check_flag(option: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, else raise a ConfigError naming ``option``."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{option} must be true or false, got {value!r}")
+    return value
