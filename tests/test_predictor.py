@@ -71,3 +71,23 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+class ThresholdNet2D(ThresholdNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise AssertionError(f"2D network got a {x.ndim - 2}D input")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("slice_axis", [0, 2])
+def test_2d_model_runs_slice_wise_on_volumes(slice_axis):
+    lab = _phantom()
+    affine = make_affine(lab.shape, (0.9, 1.1, 2.0), axcodes="LAS")
+    image = MetaTensor(torch.as_tensor(LEVELS.numpy()[lab][None], dtype=torch.float32), affine=torch.as_tensor(affine))
+    spec = _spec()
+    spec.spatial_dims = 2
+    spec.patch_size = [16, 16]
+    spec.inference["slice_axis"] = slice_axis
+    pred = Predictor(ThresholdNet2D(), spec, device="cpu", tta=True).predict(image)
+    np.testing.assert_array_equal(pred[0].numpy(), lab)

@@ -112,9 +112,9 @@ class Predictor:
                 normalizers.append(build_normalizer(params.pop("name"), **params))
             spacing = self.spec.spacing
             if spacing is None:  # the model works on each study's native spacing
-                spacing = native_spacing(image.affine, self.spec.orientation[: self.spec.spatial_dims])
+                spacing = native_spacing(image.affine, self.spec.orientation[: image.ndim - 1])
             self._preprocess = build_preprocess(
-                "image", None, spacing, orientation=self.spec.orientation[: self.spec.spatial_dims],
+                "image", None, spacing, orientation=self.spec.orientation[: image.ndim - 1],
                 normalizers=normalizers, channel_names=self.spec.channel_names,
             )
         return self._preprocess
@@ -129,8 +129,23 @@ class Predictor:
     # ------------------------------------------------------------------------------------------ inference
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax over a (B, C, *spatial) preprocessed batch, by sliding window (and mirroring when tta)."""
+        """Softmax over a (B, C, *spatial) preprocessed batch, by sliding window (and mirroring when tta).
+
+        A 2D network on 3D volumes (``inference.slice_axis`` in the spec) runs on every slice across that axis.
+        """
         x = x.to(self.device)
+        slice_axis = self.spec.inference.get("slice_axis")
+        if self.spec.spatial_dims == 2 and x.ndim == 5:
+            if slice_axis is None:
+                raise ValueError("a 2D model on a 3D volume needs inference.slice_axis in its spec")
+            axis = 2 + int(slice_axis)
+            slices = x.movedim(axis, 1)  # (B, S, C, h, w)
+            b, n = slices.shape[:2]
+            prob = self._mirrored(slices.reshape(b * n, *slices.shape[2:]))
+            return prob.reshape(b, n, *prob.shape[1:]).movedim(1, axis)
+        return self._mirrored(x)
+
+    def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
         dims = list(range(2, x.ndim))
         flips: list[list[int]] = [[]]
         if self.tta:
@@ -167,6 +182,11 @@ class Predictor:
         image = assemble_channels(
             {k: Path(v) for k, v in sources.items()}, channels,
             resample=bool(self.spec.config.get("data", {}).get("resample_channels", False)),
-            spatial_dims=self.spec.spatial_dims,
+            spatial_dims=self.file_dims,
         )
         return image, self.predict(image)
+
+    @property
+    def file_dims(self) -> int:
+        """Spatial dims of the input files: 3 for 3D models and for 2D models applied slice-wise to volumes."""
+        return 3 if self.spec.spatial_dims == 3 or self.spec.inference.get("slice_axis") is not None else 2
