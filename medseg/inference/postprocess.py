@@ -1,0 +1,383 @@
+"""Postprocessing of predicted label maps: keep the largest connected component, drop small objects.
+
+Both operations work per label value on an N-D integer label map; removed voxels become background (0). Labels
+never take over each other's voxels.
+
+Connectivity: ``connectivity`` is the one of :func:`scipy.ndimage.generate_binary_structure`: two voxels are
+neighbours when they differ by at most 1 along at most ``connectivity`` axes. ``1`` is face connectivity (6 in
+3D, 4 in 2D), ``ndim`` is full connectivity (26 in 3D, 8 in 2D). The default ``None`` means full connectivity,
+as in MONAI's ``KeepLargestConnectedComponent``.
+
+Ties: when several components of a label share the largest size, the first one in C (raster) order of the
+array is kept, so the result does not depend on anything but the input.
+
+Sizes: an object is removed when its volume, ``voxels * prod(spacing)`` in mm^3, is below ``min_volume_mm3``;
+an object of exactly that volume is kept (the comparison has a 1e-9 relative slack so that rounding of the
+product does not decide).
+
+:class:`Postprocess` is the array transform configured from data (a config's or a model spec's ``postprocess``
+block); :class:`Postprocessd` is its dictionary wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from scipy import ndimage
+
+from medseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["POSTPROCESS_KEYS", "Postprocess", "Postprocessd", "largest_component", "remove_small"]
+
+POSTPROCESS_KEYS = ("largest_component", "min_volume_mm3", "connectivity")
+_SIZE_SLACK = 1e-9
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _to_numpy(label: Any) -> np.ndarray:
+    if isinstance(label, torch.Tensor):
+        return label.detach().cpu().numpy()
+    return np.asarray(label)
+
+
+def _like(result: np.ndarray, original: Any) -> Any:
+    """``result`` as the kind of object ``original`` was (numpy array, tensor on its device, MetaTensor + meta)."""
+    if isinstance(original, MetaTensor):
+        out = MetaTensor(torch.from_numpy(result).to(original.device), meta=dict(original.meta))
+        out.applied_operations = list(original.applied_operations)
+        return out
+    if isinstance(original, torch.Tensor):
+        return torch.from_numpy(result).to(original.device)
+    return result
+
+
+def _check_label_map(label: np.ndarray) -> np.ndarray:
+    if label.ndim < 1:
+        raise ValueError("label must be a label map with at least one axis, got a scalar")
+    if label.dtype.kind == "b":
+        return label.astype(np.uint8)
+    if label.dtype.kind not in "iu":
+        raise ValueError(f"label must hold integers, got dtype {label.dtype}")
+    return label
+
+
+def _check_connectivity(connectivity: int | None, ndim: int) -> int:
+    if connectivity is None:
+        return ndim
+    if isinstance(connectivity, bool) or not isinstance(connectivity, (int, np.integer)):
+        raise ValueError(f"connectivity must be an integer in 1..{ndim} or None, got {connectivity!r}")
+    if not 1 <= int(connectivity) <= ndim:
+        raise ValueError(f"connectivity must be in 1..{ndim} for a {ndim}-D label map, got {connectivity}")
+    return int(connectivity)
+
+
+def _check_label_values(labels: Sequence[int] | None, name: str = "labels") -> list[int] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+        raise ValueError(
+            f"{name} must be a sequence of non-zero integer label values or None, got {labels!r}"
+        )
+    out = []
+    for value in labels:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) == 0:
+            raise ValueError(
+                f"{name} must hold non-zero integer label values, got {value!r} in {list(labels)}"
+            )
+        out.append(int(value))
+    return out
+
+
+def _check_spacing(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
+    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if values.ndim != 1 or values.size not in (1, ndim):
+        raise ValueError(f"spacing must be a number or one value per axis ({ndim}), got {spacing!r}")
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"spacing values must be finite and > 0, got {spacing!r}")
+    return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
+
+
+def _label_boxes(label: np.ndarray, labels: list[int] | None) -> dict[int, tuple[slice, ...]]:
+    """Bounding box of every wanted label value present in ``label`` (one pass over the array)."""
+    if label.size == 0:
+        return {}
+    if label.min() < 0:  # find_objects only sees positive values: per-label boxes for this unusual case
+        present = [int(v) for v in np.unique(label) if v != 0]
+        boxes = {}
+        for value in present:
+            if labels is None or value in labels:
+                idx = np.nonzero(label == value)
+                boxes[value] = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+        return boxes
+    if labels is not None:
+        positive = [v for v in labels if v > 0]
+        if not positive:
+            return {}
+        objects = ndimage.find_objects(label, max_label=max(positive))
+        return {v: objects[v - 1] for v in positive if objects[v - 1] is not None}
+    objects = ndimage.find_objects(label)
+    return {v + 1: box for v, box in enumerate(objects) if box is not None}
+
+
+def _components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Component image and voxel count per component (index 0 = outside the mask, count forced to 0)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
+    components, n = ndimage.label(mask, structure=structure)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return components, sizes
+
+
+# ------------------------------------------------------------------------------------------------ functions
+
+
+def largest_component(
+    label: Any, labels: Sequence[int] | None = None, *, connectivity: int | None = None
+) -> Any:
+    """Keep only the largest connected component of each label; the other components become background.
+
+    Args:
+        label: an N-D integer label map without a channel axis (numpy array or tensor).
+        labels: the label values to process (None: every non-zero value present). Other labels are untouched.
+        connectivity: 1..ndim (see the module docstring); None is full connectivity.
+
+    Returns:
+        A new label map of the same kind, shape and dtype.
+    """
+    arr = _check_label_map(_to_numpy(label))
+    wanted = _check_label_values(labels)
+    conn = _check_connectivity(connectivity, arr.ndim)
+    out = arr.copy()
+    for value, box in _label_boxes(arr, wanted).items():
+        mask = arr[box] == value
+        components, sizes = _components(mask, conn)
+        if np.count_nonzero(sizes) <= 1:
+            continue
+        keep = int(np.argmax(sizes))  # first of the largest: lowest index = first in raster order
+        crop = out[box]
+        crop[mask & (components != keep)] = 0
+        logger.debug(
+            "label %d: kept 1 of %d components (%d voxels)", value, np.count_nonzero(sizes), sizes[keep]
+        )
+    return _like(out, label)
+
+
+def remove_small(
+    label: Any,
+    min_volume_mm3: float | Mapping[int, float],
+    spacing: float | Sequence[float],
+    labels: Sequence[int] | None = None,
+    *,
+    connectivity: int | None = None,
+) -> Any:
+    """Remove the connected objects of each label whose volume is below ``min_volume_mm3``.
+
+    Args:
+        label: an N-D integer label map without a channel axis (numpy array or tensor).
+        min_volume_mm3: one threshold for every label, or ``{label value: threshold}`` (labels not listed are
+            kept as they are).
+        spacing: voxel size in mm, one value per axis (or one for all); a voxel's volume is their product.
+        labels: the label values to process (None: every non-zero value present; with a mapping threshold, the
+            mapping's labels).
+        connectivity: 1..ndim (see the module docstring); None is full connectivity.
+
+    Returns:
+        A new label map of the same kind, shape and dtype.
+    """
+    arr = _check_label_map(_to_numpy(label))
+    sampling = _check_spacing(spacing, arr.ndim)
+    conn = _check_connectivity(connectivity, arr.ndim)
+    wanted = _check_label_values(labels)
+    thresholds = _check_thresholds(min_volume_mm3, "min_volume_mm3")
+    if isinstance(thresholds, dict):
+        wanted = [v for v in thresholds if wanted is None or v in wanted]
+    voxel_mm3 = math.prod(sampling)
+    out = arr.copy()
+    for value, box in _label_boxes(arr, wanted).items():
+        limit = thresholds[value] if isinstance(thresholds, dict) else thresholds
+        if limit <= 0:
+            continue
+        mask = arr[box] == value
+        components, sizes = _components(mask, conn)
+        small = (sizes > 0) & (sizes * voxel_mm3 < limit * (1.0 - _SIZE_SLACK))
+        if small.any():
+            crop = out[box]
+            crop[small[components]] = 0
+            logger.debug("label %d: removed %d object(s) below %g mm^3", value, int(small.sum()), limit)
+    return _like(out, label)
+
+
+def _check_thresholds(value: Any, key: str) -> float | dict[int, float]:
+    def number(v: Any, where: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{where} must be a number of mm^3 >= 0, got {v!r}")
+        if not math.isfinite(float(v)) or float(v) < 0:
+            raise ValueError(f"{where} must be a finite number of mm^3 >= 0, got {v!r}")
+        return float(v)
+
+    if isinstance(value, Mapping):
+        out: dict[int, float] = {}
+        for k, v in value.items():
+            try:
+                label_value = int(k)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key}: keys must be integer label values, got {k!r}") from None
+            if label_value == 0 or isinstance(k, bool) or str(label_value) != str(k).strip():
+                raise ValueError(f"{key}: keys must be non-zero integer label values, got {k!r}")
+            out[label_value] = number(v, f"{key}[{k!r}]")
+        return out
+    return number(value, key)
+
+
+# ------------------------------------------------------------------------------------------------ transforms
+
+
+class Postprocess(Transform):
+    """Array transform: small-object removal, then largest component, on a channel-first label map (1, *spatial).
+
+    Args:
+        largest_component: True (every label), False, or a list of label values to reduce to their largest
+            connected component.
+        min_volume_mm3: remove objects below this volume (mm^3), one number for every label or
+            ``{label: mm^3}``; 0 or None disables it.
+        connectivity: 1..ndim, None for full connectivity.
+
+    Spacing comes from the MetaTensor's affine (column norms); for a plain array pass ``spacing=`` to the
+    call.
+    The two steps commute: removal first is cheaper.
+    """
+
+    def __init__(
+        self,
+        largest_component: bool | Sequence[int] = False,
+        min_volume_mm3: float | Mapping[int, float] | None = None,
+        connectivity: int | None = None,
+    ) -> None:
+        self.largest_component = _check_largest(largest_component, "largest_component")
+        self.min_volume_mm3 = None
+        if min_volume_mm3 is not None:
+            try:
+                self.min_volume_mm3 = _check_thresholds(min_volume_mm3, "min_volume_mm3")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if connectivity is not None and (
+            isinstance(connectivity, bool) or not isinstance(connectivity, int) or not 1 <= connectivity <= 3
+        ):
+            raise ConfigError(
+                f"connectivity must be 1, 2, 3 (at most the number of axes) or null, got {connectivity!r}"
+            )
+        self.connectivity = connectivity
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None, where: str = "postprocess") -> Postprocess:
+        """Build from ``{"largest_component": [1, 2] | true, "min_volume_mm3": 10.0, "connectivity": 1}``.
+
+        Raises:
+            ConfigError: unknown key or bad value; the message names the key as ``<where>.<key>``.
+        """
+        if config is None:
+            return cls()
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"{where} must be a mapping with keys {list(POSTPROCESS_KEYS)}, got {config!r}")
+        unknown = sorted(str(k) for k in config if k not in POSTPROCESS_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {list(POSTPROCESS_KEYS)}")
+        try:
+            return cls(
+                largest_component=config.get("largest_component", False),
+                min_volume_mm3=config.get("min_volume_mm3"),
+                connectivity=config.get("connectivity"),
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the transform changes nothing (callers may skip it)."""
+        no_removal = self.min_volume_mm3 is None or (
+            self.min_volume_mm3 == 0 if not isinstance(self.min_volume_mm3, dict) else not self.min_volume_mm3
+        )
+        return self.largest_component is False and no_removal
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "largest_component": self.largest_component,
+            "min_volume_mm3": self.min_volume_mm3,
+            "connectivity": self.connectivity,
+        }
+
+    def __call__(self, label: Any, spacing: Sequence[float] | None = None) -> Any:
+        arr = _to_numpy(label)
+        if arr.ndim < 2 or arr.shape[0] != 1:
+            raise ValueError(
+                f"Postprocess expects a channel-first label map (1, *spatial), got shape {arr.shape}"
+            )
+        if self.is_identity:
+            return label
+        spatial = arr[0]
+        if self.connectivity is not None and self.connectivity > spatial.ndim:
+            raise ValueError(
+                f"connectivity {self.connectivity} exceeds the number of spatial axes ({spatial.ndim})"
+            )
+        if self.min_volume_mm3 is not None:
+            if spacing is None:
+                spacing = _spacing_of(label, spatial.ndim)
+            spatial = remove_small(spatial, self.min_volume_mm3, spacing, connectivity=self.connectivity)
+        if self.largest_component is not False:
+            labels = None if self.largest_component is True else self.largest_component
+            spatial = largest_component(spatial, labels, connectivity=self.connectivity)
+        return _like(np.ascontiguousarray(spatial[None]), label)
+
+
+def _check_largest(value: Any, key: str) -> bool | list[int]:
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    try:
+        labels = _check_label_values(value, key)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (or true/false)") from None
+    return labels if labels else False
+
+
+def _spacing_of(label: Any, ndim: int) -> list[float]:
+    affine = getattr(label, "affine", None)
+    if affine is None:
+        raise ValueError(
+            "min_volume_mm3 needs the voxel spacing: pass a MetaTensor with an affine or spacing="
+        )
+    a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    return [float(v) for v in np.linalg.norm(a[:ndim, :ndim], axis=0)]
+
+
+class Postprocessd(MapTransform):
+    """Dictionary wrapper of :class:`Postprocess` (same arguments after ``keys``)."""
+
+    def __init__(
+        self,
+        keys: Hashable | Sequence[Hashable],
+        largest_component: bool | Sequence[int] = False,
+        min_volume_mm3: float | Mapping[int, float] | None = None,
+        connectivity: int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = Postprocess(largest_component, min_volume_mm3, connectivity)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key])
+        return d
