@@ -77,6 +77,45 @@ def cmd_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from medseg.config import load_config
+    from medseg.tracking import redact_uri, resolve_tracking_uri
+    from medseg.workflows import describe, train_and_register
+
+    config = load_config(args.config, args.set)
+    workdir = Path(args.workdir or Path("runs") / config.name)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or config.tracking.uri, os.environ, workdir)
+    result = train_and_register(
+        config, workdir, tracking_uri=tracking_uri, resume=args.resume, datalist=args.datalist,
+        register=not args.no_register,
+    )
+    summary = dict(describe(result))
+    summary["tracking_uri"] = redact_uri(summary["tracking_uri"])
+    print(json.dumps(summary, indent=2, default=str))
+    return EXIT_OK if result.train.succeeded else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from medseg.evaluate import evaluate, evaluate_folders
+
+    pred, gt = Path(args.pred), Path(args.gt)
+    labels = args.labels or None
+    if pred.is_dir() and gt.is_dir():
+        summary = evaluate_folders(pred, gt, Path(args.out), labels=labels, nsd_tolerance_mm=args.nsd_tolerance)
+        print(json.dumps(summary, indent=2, default=str))
+        return EXIT_OK
+    if pred.is_dir() or gt.is_dir():
+        raise ValueError("PRED and GT must both be files or both be folders")
+    for row in evaluate(pred, gt, labels, args.nsd_tolerance):
+        print(json.dumps(row, default=str))
+    return EXIT_OK
+
+
 def _tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri",
@@ -102,6 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     _series_rule_args(p)
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("train", help="train from a YAML config, track the run in MLflow and register the model")
+    p.add_argument("--config", required=True, help="YAML config (may name a `base` it overlays)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--workdir", default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--datalist", default=None, help="folder layout, CSV or JSON (overrides datalist.path)")
+    p.add_argument("--resume", action="store_true", help="continue from WORKDIR/checkpoints/last.pt")
+    p.add_argument("--no-register", action="store_true", help="do not register the model in the MLflow registry")
+    p.add_argument(
+        "--tracking-uri", default=None,
+        help="MLflow tracking URI (default: tracking.uri, $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlruns.db)",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="per-case, per-label Dice, HD95 and NSD of predictions against ground truth")
+    p.add_argument("pred", help="predicted label file, or a folder of them")
+    p.add_argument("gt", help="ground-truth label file, or a folder of them (cases matched by relative path)")
+    p.add_argument("--out", default="metrics.csv", help="CSV for folders (a _summary.csv is written beside it)")
+    p.add_argument("--labels", type=int, nargs="*", default=None, help="label values (default: all present)")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("register", help="register a run's logged model in the MLflow registry and set an alias")
     p.add_argument("run_id", help="MLflow run id of a training run")
     p.add_argument("--name", required=True, help="registered model name")
@@ -119,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (MedsegError, FileExistsError) as exc:
+    except (MedsegError, FileExistsError, ValueError) as exc:
+        logging.getLogger("medseg.cli").debug("details", exc_info=True)
         print(f"medseg {args.command}: {exc}", file=sys.stderr)
         return EXIT_INPUT
 

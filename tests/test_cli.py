@@ -71,3 +71,24 @@ def test_help_does_not_import_heavy_modules():
     code = "import sys; from medseg.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'monai', 'mlflow', 'SimpleITK') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_evaluate_files_and_folders(tmp_path, capsys):
+    import json
+
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    gt = np.zeros((20, 20, 10), np.uint8)
+    gt[5:15, 5:15, 2:8] = 1
+    pred = gt.copy()
+    pred[5:15, 5:10, 2:8] = 0  # half of the object found
+    for folder in ("p", "g"):
+        (tmp_path / folder).mkdir()
+    nib.save(nib.Nifti1Image(pred, aff), str(tmp_path / "p" / "case1.nii.gz"))
+    nib.save(nib.Nifti1Image(gt, aff), str(tmp_path / "g" / "case1.nii.gz"))
+    assert main(["evaluate", str(tmp_path / "p" / "case1.nii.gz"), str(tmp_path / "g" / "case1.nii.gz")]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["dice"] == pytest.approx(2 * 300 / (300 + 600))
+    out = tmp_path / "m.csv"
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g"), "--out", str(out)]) == 0
+    assert out.is_file() and "case1" in out.read_text()
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g" / "case1.nii.gz")]) == 2
