@@ -116,6 +116,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+SEGMENT_FORMATS = ("nifti", "seg", "report", "qc")
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SEGMENT_FORMATS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"formats must be a comma-separated list of {', '.join(SEGMENT_FORMATS)}")
+    return names
+
+
+def add_segment_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``medseg segment`` (also used by pipelines/segment_archive.py)."""
+    p.add_argument("input", type=Path, help="a NIfTI file, a DICOM series or study folder, or a tree of studies")
+    p.add_argument("output", type=Path, help="results folder (created; reused to resume)")
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda:N")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the model's)")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: the model's)")
+    p.add_argument("--formats", type=_formats, default=SEGMENT_FORMATS,
+                   help="outputs, e.g. nifti,seg,report,qc (default all)")
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy (default 1)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ and runs:/ URIs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from medseg.batch import segment_archive
+
+    try:
+        summary = segment_archive(
+            args.input, args.output, args.model, device=args.device, tta=args.tta, overlap=args.overlap,
+            sw_batch_size=args.sw_batch_size, formats=args.formats, workers=args.workers,
+            tracking_uri=args.tracking_uri, progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print("medseg segment: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary.table())
+    for name, path in sorted(summary.reports.items()):
+        print(f"{name} report: {path}")
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
 def _tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri",
@@ -153,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default: tracking.uri, $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlruns.db)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "segment", help="segment a study, a series or a whole archive (resumable; outputs in the input geometry)",
+        description="Run it again after an interruption: complete, unchanged outputs are skipped. Exit status: 0 "
+        "when every item is DONE or QUARANTINED, 1 when some FAILED (run again to retry), 2 for bad input.",
+    )
+    add_segment_args(p)
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="per-case, per-label Dice, HD95 and NSD of predictions against ground truth")
     p.add_argument("pred", help="predicted label file, or a folder of them")

@@ -218,5 +218,8 @@ def read_dicom(
     else:
         raise InputError(ReasonCode.FILE_NOT_FOUND, str(p), "DICOM path does not exist")
     if scan.problems:
-        logger.warning("%s: skipped %d file(s): %s", p, len(scan.problems), describe_problems(scan.problems))
+        # folder names often carry patient names: the log says what was skipped, not where (DEBUG has the paths)
+        codes = sorted({pr.code.value for pr in scan.problems})
+        logger.warning("DICOM read skipped %d file(s): %s", len(scan.problems), ", ".join(codes))
+        logger.debug("skipped files: %s", describe_problems(scan.problems))
     return load_dicom_series(series)

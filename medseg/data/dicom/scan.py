@@ -252,7 +252,7 @@ def scan_dicom_files(
         key=lambda s: (s.study_uid, s.series_number if s.series_number is not None else -1, s.stack_id)
     )
     if problems:
-        logger.info("%s: %d file(s) skipped during DICOM discovery", root, len(problems))
+        logger.info("%d file(s) skipped during DICOM discovery", len(problems))
     return DicomScan(root=root, series=series, problems=problems)
 
 

@@ -1,0 +1,309 @@
+"""``segment_archive``: segment every study under an input, resumably, and account for every series.
+
+A run:
+
+1. locks the output folder, removes temp files/folders a killed run left there, reads (or creates) the naming key;
+2. loads the model once (per worker) and discovers the work items (:mod:`medseg.batch.discover`);
+3. syncs the ledger (:mod:`medseg.batch.ledger`): new items become ``PENDING`` (or ``QUARANTINED`` with their reason
+   code); a ``DONE`` row counts as done only while its output files exist and match their recorded sha256 (and
+   cover the requested formats), otherwise it is redone;
+4. processes the rest (:mod:`medseg.batch.process`): the next item is read in a background thread while the current
+   one is computed; outputs go to a temp folder that is renamed into place; bad inputs are quarantined and the run
+   goes on; unexpected errors mark the item ``FAILED`` (retried by the next run);
+5. writes ``batch-report.json`` / ``batch-report.csv`` (keys, statuses, codes; no paths) and ``quarantine.csv``
+   (the relative paths of quarantined and failed items, for the user) and returns a :class:`BatchSummary`.
+
+Privacy: output names and ledger keys are keyed hashes of UIDs (or of relative paths for files without UIDs); logs
+name items by key and reason code only; input paths appear only in ``quarantine.csv``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg.batch.discover import Discovery, WorkItem, discover
+from medseg.batch.ledger import LEDGER_FILE, Ledger, LedgerError, Status
+from medseg.batch.naming import keyed_name, load_or_create_key
+from medseg.batch.process import ItemOutcome, RunContext, run_items
+from medseg.batch.progress import ProgressBar
+from medseg.batch.provenance import batch_provenance, run_fingerprint
+from medseg.batch.publish import clean_stale_temps, folder_matches, lock_output
+from medseg.batch.report import BatchSummary, QuarantineEntry, write_reports
+from medseg.errors import ConfigError, InputError, ReasonCode
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_FORMATS", "segment_archive"]
+
+DEFAULT_FORMATS = ("nifti", "seg", "report", "qc")
+_CREATED_META = "seg_created"
+
+
+def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    from medseg.outputs import FORMATS
+
+    if isinstance(formats, str):
+        formats = (formats,)
+    formats = tuple(formats)
+    if not formats:
+        raise ConfigError("formats: at least one output format is needed")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"formats: unknown output format(s) {unknown}; valid: {list(FORMATS)}")
+    return tuple(f for f in FORMATS if f in formats)
+
+
+def _check_paths(input_path: Path, output: Path) -> None:
+    if output == input_path or input_path.is_relative_to(output):
+        raise ConfigError(
+            "the output folder must not be the input or contain it; choose a separate output folder"
+        )
+    if output.exists() and not output.is_dir():
+        raise ConfigError("the output path exists and is not a folder")
+
+
+def _check_model(
+    model: Any, *, workers: int, tta: bool, overlap: float | None, sw_batch_size: int | None
+) -> None:
+    if isinstance(model, str | os.PathLike):
+        return
+    if not hasattr(model, "predict") or not hasattr(model, "spec"):
+        raise ConfigError(
+            f"model must be a model URI / checkpoint path or a Predictor, got {type(model).__name__}"
+        )
+    if workers > 1:
+        raise ConfigError(
+            "workers > 1 needs a model URI or checkpoint path (each worker loads its own model)"
+        )
+    if tta or overlap is not None or sw_batch_size is not None:
+        raise ConfigError(
+            "tta/overlap/sw_batch_size apply when loading a model; set them on the Predictor instead"
+        )
+
+
+def _predictor(
+    model: Any,
+    *,
+    device: str,
+    tta: bool,
+    overlap: float | None,
+    sw_batch_size: int | None,
+    tracking_uri: str | None,
+    workers: int,
+) -> tuple[Any, Any]:
+    """``(predictor, model source for worker processes or None)``; the model was checked by :func:`_check_model`."""
+    from medseg.batch.workers import ModelSource
+
+    if not isinstance(model, str | os.PathLike):
+        return model, None
+    source = ModelSource(str(model), str(device), tracking_uri, bool(tta), overlap, sw_batch_size)
+    if workers > 1:  # the parent only needs the spec and the weights' hash
+        cpu = ModelSource(str(model), "cpu", tracking_uri, bool(tta), overlap, sw_batch_size)
+        return cpu.load(), source
+    return source.load(), None
+
+
+def _plan(
+    items: Sequence[WorkItem], ledger: Ledger, output: Path, formats: Sequence[str]
+) -> tuple[list[WorkItem], int, int]:
+    """Items to compute now, DONE items kept, DONE items to redo (outputs missing/altered or formats missing)."""
+    todo: list[WorkItem] = []
+    kept = redo = 0
+    for item in items:
+        if item.quarantined:
+            continue
+        row = ledger.get(item.key)
+        if row is not None and row.status == Status.DONE:
+            if (
+                row.output
+                and set(formats) <= set(row.formats)
+                and folder_matches(output / row.output, row.checksums)
+            ):
+                kept += 1
+                continue
+            logger.warning(
+                "item %s: outputs missing, altered or lacking a format; computing it again", item.key
+            )
+            ledger.mark_pending(item.key)
+            redo += 1
+        todo.append(item)
+    return todo, kept, redo
+
+
+def _discovery_quarantine(found: Discovery) -> list[QuarantineEntry]:
+    entries = []
+    for item in found.items:
+        if item.problem is not None:
+            p = item.problem
+            logger.info("item %s: QUARANTINED [%s]", item.key, p.code.value)
+            entries.append(
+                QuarantineEntry(
+                    key=item.key,
+                    kind=item.kind.value,
+                    status=Status.QUARANTINED.value,
+                    reason=p.code.value,
+                    item_path=item.relative_path,
+                    problem_path=p.path or item.relative_path,
+                    detail=p.detail,
+                )
+            )
+    return entries
+
+
+def _seg_created(ledger: Ledger) -> _dt.datetime:
+    """The creation time stamped into this output folder's SEGs: fixed at the first run (see RunContext)."""
+    now = _dt.datetime.now().replace(microsecond=0).isoformat()
+    return _dt.datetime.fromisoformat(ledger.meta_default(_CREATED_META, now))
+
+
+def segment_archive(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    model: Any,
+    *,
+    device: str = "auto",
+    tta: bool = False,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    workers: int = 1,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    name_key: bytes | None = None,
+) -> BatchSummary:
+    """Segment every series / case under ``input`` into ``output``; resumable and safe to kill at any moment.
+
+    Args:
+        input: a NIfTI file, a DICOM series folder, a study folder or a tree of studies (or of NIfTI case folders).
+        output: the output folder (created); one sub-folder per item named by its key, plus the ledger and reports.
+        model: a model URI (``models:/NAME@ALIAS``, ``runs:/...``), a checkpoint path, or a ready
+            :class:`~medseg.inference.Predictor`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda:N"`` (when loading from a URI).
+        tta, overlap, sw_batch_size: inference settings (when loading from a URI).
+        formats: outputs per case, any of ``("nifti", "seg", "report", "qc")``.
+        workers: processes, each with its own copy of the model (needs a URI / path).
+        tracking_uri: MLflow tracking URI for ``models:/`` and ``runs:/`` URIs.
+        progress: draw a progress bar on stderr (only when stderr is a terminal).
+        name_key: the naming key (default: the output folder's own key, created on first use).
+
+    Returns:
+        A :class:`BatchSummary` (``summary.table()`` for people, ``summary.reports`` for the report files).
+
+    Raises:
+        ConfigError: invalid arguments, or an output folder that holds results of another model or naming key.
+        medseg.batch.publish.OutputLockedError: another run is writing to ``output``.
+        InputError: ``input`` does not exist.
+    """
+    start = time.perf_counter()
+    input_path, out = Path(input).absolute(), Path(output).absolute()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    fmt = _check_formats(formats)
+    _check_model(model, workers=workers, tta=tta, overlap=overlap, sw_batch_size=sw_batch_size)
+    if not input_path.exists():
+        raise InputError(ReasonCode.FILE_NOT_FOUND, None, "the batch input does not exist")
+    _check_paths(input_path, out)
+    out.mkdir(parents=True, exist_ok=True)
+    with lock_output(out):
+        clean_stale_temps(out)
+        key = name_key if name_key is not None else load_or_create_key(out)
+        with Ledger.open(out / LEDGER_FILE) as ledger:
+            _bind(ledger, "name_key_check", keyed_name(key, "medseg-ledger-key-check"), "naming key")
+            predictor, source = _predictor(
+                model,
+                device=device,
+                tta=tta,
+                overlap=overlap,
+                sw_batch_size=sw_batch_size,
+                tracking_uri=tracking_uri,
+                workers=workers,
+            )
+            provenance = batch_provenance(predictor)
+            _bind(
+                ledger,
+                "model_fingerprint",
+                run_fingerprint(provenance),
+                "model or inference settings (tta, overlap)",
+            )
+            found = discover(input_path, predictor.spec.channels, key, exclude=[out])
+            job = _Job(found, predictor, source, out, key, provenance, fmt, workers, progress, start)
+            return _run(job, ledger)
+
+
+def _bind(ledger: Ledger, name: str, value: str, what: str) -> None:
+    try:
+        ledger.bind(name, value, what)
+    except LedgerError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A run's inputs once the model is loaded and the items discovered."""
+
+    found: Discovery
+    predictor: Any
+    source: Any  # a workers.ModelSource when worker processes load the model themselves
+    output: Path
+    key: bytes
+    provenance: dict[str, Any]
+    formats: tuple[str, ...]
+    workers: int
+    progress: bool
+    started: float
+
+
+def _run(job: _Job, ledger: Ledger) -> BatchSummary:
+    from medseg import __version__
+    from medseg.batch.workers import run_in_workers
+
+    found, out, formats = job.found, job.output, job.formats
+    settings = {"formats": list(formats), "workers": job.workers}
+    run_id = ledger.begin_run(__version__, settings)
+    ledger.sync(
+        ((it.key, it.kind.value, it.problem.code.value if it.problem else None) for it in found.items), run_id
+    )
+    quarantine = _discovery_quarantine(found)
+    todo, kept, redo = _plan(found.items, ledger, out, formats)
+    ctx = RunContext(found.root, out, formats, job.provenance, job.key, _seg_created(ledger))
+    summary = BatchSummary(output=out, run_id=run_id, items=[], already_done=kept, redone=redo)
+    logger.info(
+        "run %d: %d item(s), %d already done, %d to compute, %d quarantined at discovery",
+        run_id,
+        len(found.items),
+        kept,
+        len(todo),
+        len(quarantine),
+    )
+    bar = ProgressBar(len(todo), enabled=job.progress)
+
+    def on_outcome(outcome: ItemOutcome) -> None:
+        if outcome.quarantine is not None:
+            quarantine.append(outcome.quarantine)
+        if outcome.status == Status.DONE:
+            summary.processed += 1
+        bar.update(outcome.status.value)
+
+    try:
+        with bar:
+            if job.source is None or job.workers == 1:
+                run_items(todo, job.predictor, ledger, ctx, on_outcome)
+            else:
+                run_in_workers(todo, job.source, ctx, ledger.path, job.workers, on_outcome)
+    finally:
+        summary.items = ledger.rows(run_id=run_id)
+        summary.seconds = time.perf_counter() - job.started
+        ledger.end_run(run_id, summary.counts())
+        summary.reports = write_reports(
+            summary, provenance=job.provenance, settings=settings, quarantine=quarantine
+        )
+        for line in summary.table().splitlines():
+            logger.info("%s", line)
+    return summary
