@@ -107,3 +107,44 @@ def write_ct_study(
         frame_of_reference_uid=generate_uid(entropy_srcs=["for", *map(str, key)]),
     )
     return SyntheticStudy(folder, series_folder, orientation, ph.label, affine)
+
+
+def write_perfusion_archive(
+    root: str | os.PathLike,
+    n_studies: int,
+    *,
+    shape: Sequence[int] = (64, 64, 24),
+    seed: int = 1000,
+    truth_dir: str | os.PathLike | None = None,
+    patient_prefix: str = "SYNTH",
+) -> list[Path]:
+    """Write ``n_studies`` perfusion studies as DICOM: per study one series per map (CBF, MTT, CBV).
+
+    The maps are stored as derived CT images with a RescaleSlope of 0.01 (two decimals); their series
+    descriptions are ``"<MAP> map"`` so that series rules (``description: "^CBF"``) pick the channels. The truth
+    labels are written to ``truth_dir/<study>.nii.gz`` on the series grid when ``truth_dir`` is given.
+    """
+    root = Path(root)
+    folders = []
+    for i in range(n_studies):
+        case = make_perfusion_case(shape=shape, seed=seed + i)
+        folder = root / f"study_{i:03d}"
+        key = (folder.name, seed + i, tuple(shape))
+        shared = {
+            "study_uid": generate_uid(entropy_srcs=["pstudy", *map(str, key)]),
+            "frame_of_reference_uid": generate_uid(entropy_srcs=["pfor", *map(str, key)]),
+            "patient_name": f"{patient_prefix}^{i:03d}",
+            "patient_id": f"{patient_prefix}{i:05d}",
+        }
+        for n, (name, arr) in enumerate(case.channels.items(), start=1):
+            write_dicom_series(
+                arr, case.affine, folder / name, modality="CT", series_description=f"{name} map",
+                series_uid=generate_uid(entropy_srcs=["pseries", name, *map(str, key)]), series_number=n,
+                rescale_slope=0.01, rescale_intercept=0.0, image_type=("DERIVED", "SECONDARY", "PERFUSION"),
+                seed=seed + i, **shared,
+            )
+        if truth_dir is not None:
+            save_label(case.label, Path(truth_dir) / f"{folder.name}.nii.gz", affine=case.affine)
+        folders.append(folder)
+    logger.info("wrote %d perfusion studies as DICOM", n_studies)
+    return folders
