@@ -23,6 +23,12 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is fsynced and renamed to ``target``.
@@ -35,6 +41,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     suffix = "".join(target.suffixes)
     fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=target.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; results get the mode a plain open() would give
     tmp = Path(tmp_name)
     try:
         yield tmp

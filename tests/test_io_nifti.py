@@ -218,3 +218,20 @@ def test_readers_work_inside_monai_loadimage(tmp_path, volume):
     for other in (via_monai, via_dict["img"]):
         np.testing.assert_array_equal(other.numpy(), ours.numpy())
         np.testing.assert_allclose(other.affine.numpy(), ours.affine.numpy(), atol=1e-4)
+
+
+def test_2d_images_get_a_2d_affine(tmp_path):
+    aff = _affine("LAS")
+    for name, data in (("flat.nii.gz", np.ones((7, 5), np.float32)), ("thin.nii.gz", np.ones((7, 5, 1), np.float32))):
+        _write(tmp_path / name, data, aff)
+        img = load_volume(tmp_path / name, spatial_dims=2)
+        assert tuple(img.shape) == (1, 7, 5) and tuple(img.affine.shape) == (3, 3)
+        np.testing.assert_allclose(img.affine[:2, :2].numpy(), aff[:2, :2])
+        np.testing.assert_allclose(img.affine[:2, 2].numpy(), aff[:2, 3])
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path, volume):
+    out = save_image(volume, tmp_path / "perm.nii.gz", affine=np.eye(4))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask

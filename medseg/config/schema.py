@@ -9,7 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from medseg.config.training import (
+    AugmentationConfig,
+    DatalistConfig,
+    InferenceConfig,
+    LossConfig,
+    NetworkConfig,
+    TrainConfig,
+    check_consistency,
+)
 from medseg.errors import ConfigError
+from medseg.tracking.config import TrackingConfig
 
 
 @dataclass(frozen=True)
@@ -53,13 +63,18 @@ class ChannelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The data contract: channel names and order, labels, target geometry for preprocessing."""
+    """The data contract: channel names and order, labels, target geometry for preprocessing.
+
+    ``spatial_dims`` is the network's; a 2D model on 3D volumes sets ``slice_axis`` (the volume axis, after
+    reorientation, that slices are taken across). ``spacing`` then has 3 values (the volume is resampled in 3D).
+    """
 
     channels: list[ChannelConfig]
     labels: dict[int, str]
     spacing: list[float] | None = None
     orientation: str = "RAS"
     spatial_dims: Literal[2, 3] = 3
+    slice_axis: int | None = None
     resample_channels: bool = False
     geometry_tolerance_mm: float = 1e-3
 
@@ -74,10 +89,17 @@ class DataConfig:
             raise ConfigError("data.labels: label 0 (background) must be declared")
         if any(k < 0 for k in self.labels):
             raise ConfigError(f"data.labels: label values must be >= 0, got {sorted(self.labels)}")
-        if self.spacing is not None:
-            if len(self.spacing) != self.spatial_dims or any(s <= 0 for s in self.spacing):
+        if self.slice_axis is not None:
+            if self.spatial_dims != 2:
+                raise ConfigError("data.slice_axis: only for 2D models (data.spatial_dims: 2) on 3D volumes")
+            if self.slice_axis not in (0, 1, 2):
                 raise ConfigError(
-                    f"data.spacing: expected {self.spatial_dims} positive values, got {list(self.spacing)}"
+                    f"data.slice_axis: must be 0, 1 or 2 (an axis of the volume), got {self.slice_axis}"
+                )
+        if self.spacing is not None:
+            if len(self.spacing) != self.file_dims or any(s <= 0 for s in self.spacing):
+                raise ConfigError(
+                    f"data.spacing: expected {self.file_dims} positive values, got {list(self.spacing)}"
                 )
         codes = self.orientation.upper()
         if len(codes) != 3 or any(sum(c in pair for c in codes) != 1 for pair in ("LR", "AP", "SI")):
@@ -90,13 +112,36 @@ class DataConfig:
         return [c.name for c in self.channels]
 
     @property
+    def file_dims(self) -> int:
+        """Spatial dims of the input files: 3 for volumes (also for 2D slice-wise models), 2 for plain images."""
+        return 3 if self.spatial_dims == 3 or self.slice_axis is not None else 2
+
+    @property
+    def axcodes(self) -> str:
+        """The orientation codes used for the input files (the first two of ``orientation`` for 2D images)."""
+        return self.orientation.upper()[: self.file_dims]
+
+    @property
     def num_classes(self) -> int:
         return max(self.labels) + 1
 
 
 @dataclass(frozen=True)
 class MedsegConfig:
-    """The whole configuration. Sections other than ``data`` are added as the pipeline grows."""
+    """The whole configuration: the data contract plus how to find, train, infer and track.
+
+    Only ``data`` is required; every other section has defaults (see :mod:`medseg.config.training`).
+    """
 
     data: DataConfig
     name: str = "medseg"
+    datalist: DatalistConfig = field(default_factory=DatalistConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        check_consistency(self)

@@ -79,6 +79,8 @@ def load_volume(
         img = img[..., 0]
         img.affine = _drop_axis(img.affine)
         spatial = spatial[:2]
+    elif spatial_dims == 2 and len(spatial) == 2 and tuple(img.affine.shape) == (4, 4):
+        img.affine = _drop_axis(img.affine)  # a 2D NIfTI still carries a 4x4 affine
     if len(spatial) != spatial_dims:
         raise InputError(
             ReasonCode.WRONG_DIMENSIONS, path, f"{len(spatial)}D volume of shape {spatial}; expected {spatial_dims}D"

@@ -1,0 +1,229 @@
+"""The training loop: steps return dicts, epochs end with validation and checkpoints, observers see it all.
+
+Replayability: every epoch starts from a loader seeded by (seed, epoch) (:func:`medseg.training.data.epoch_loader`)
+and checkpoints are written at epoch ends only, so resuming from ``last.pt`` after epoch ``e`` runs epochs ``e+1..``
+exactly as an uninterrupted run would (on CPU, with deterministic algorithms).
+
+A non-finite loss, or non-finite weights at the end of an epoch, raises :class:`TrainingDiverged` at once: no
+checkpoint is written after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg.checkpoint import Checkpoint, ModelSpec, capture_rng, restore_rng, save_checkpoint
+from medseg.errors import MedsegError
+from medseg.training.hooks import notify
+from medseg.training.validation import autocast
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(MedsegError):
+    """The loss (or the weights) became NaN or infinite; training stopped without writing a checkpoint."""
+
+    def __init__(self, epoch: int, step: int | None, value: float, what: str = "loss") -> None:
+        self.epoch, self.step, self.value = epoch, step, value
+        where = f"epoch {epoch}" + (f", step {step}" if step is not None else " (end of epoch)")
+        super().__init__(
+            f"training diverged at {where}: {what} is {value}; no checkpoint was written after it "
+            "(lower train.lr, enable train.grad_clip, or check the inputs for extreme values)"
+        )
+
+
+@dataclass
+class LoopState:
+    """Progress that a checkpoint carries: last finished epoch, best validation score, history."""
+
+    epoch: int = -1
+    best_metric: float = -math.inf
+    best_epoch: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs epochs ``start..epochs-1`` of one model.
+
+    Args:
+        model, loss, optimizer, scheduler: the pieces; ``loss(pred, target, dist)`` (a
+            :class:`medseg.losses.DeepSupervisionLoss`), the scheduler is stepped once per epoch.
+        spec: written into every checkpoint.
+        loaders: ``epoch -> iterable of batches`` (``image``, ``label`` and, when ``needs_dist``, ``dist``).
+        validate: ``epoch -> (metrics, qc_pngs)``; ``val/dice_mean`` selects the best checkpoint.
+        checkpoint_dir: where ``last.pt`` and ``best.pt`` go.
+        epochs, val_every: epoch count and validation period (the last epoch is always validated).
+        device, amp: device, and mixed precision (used on CUDA only).
+        grad_clip: max gradient norm (None: no clipping).
+        observer: optional hook object (see :mod:`medseg.training.hooks`).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        *,
+        spec: ModelSpec,
+        loaders: Callable[[int], Iterable[Mapping[str, Any]]],
+        validate: Callable[[int], tuple[dict[str, float], list[Path]]],
+        checkpoint_dir: Path,
+        epochs: int,
+        val_every: int = 1,
+        device: torch.device | str = "cpu",
+        amp: bool = False,
+        needs_dist: bool = False,
+        grad_clip: float | None = None,
+        observer: Any = None,
+    ) -> None:
+        self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
+        self.spec, self.loaders, self.validate_fn = spec, loaders, validate
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.epochs, self.val_every = epochs, val_every
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.needs_dist, self.grad_clip, self.observer = needs_dist, grad_clip, observer
+        self.state = LoopState()
+
+    @property
+    def last_path(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def train_step(self, batch: Mapping[str, Any], epoch: int, step: int) -> dict[str, float]:
+        """One optimisation step; returns ``{"loss": ...}``."""
+        self.model.train()
+        image = batch["image"].to(self.device, non_blocking=True)
+        label = batch["label"].to(self.device, non_blocking=True)
+        dist = batch["dist"].to(self.device, non_blocking=True) if self.needs_dist else None
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            out = self.model(image)
+            loss = self.loss(out, label, dist)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged(epoch, step, value)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return {"loss": value}
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """All steps of one epoch; returns ``train/*`` metrics (mean loss, learning rate, steps, seconds)."""
+        start = time.perf_counter()
+        inner = getattr(self.loss, "loss", self.loss)
+        if hasattr(inner, "set_epoch"):
+            inner.set_epoch(epoch)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        losses = []
+        for step, batch in enumerate(self.loaders(epoch)):
+            losses.append(self.train_step(batch, epoch, step)["loss"])
+        if not losses:
+            raise ValueError(f"epoch {epoch} had no training batches")
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise TrainingDiverged(epoch, None, float("nan"), what=f"parameter {name}")
+        self.scheduler.step()
+        metrics = {
+            "train/loss": sum(losses) / len(losses),
+            "train/lr": lr,
+            "train/steps": float(len(losses)),
+            "train/seconds": time.perf_counter() - start,
+        }
+        weights = getattr(inner, "weights", None)
+        if isinstance(weights, tuple) and len(weights) == 2:
+            metrics["train/region_weight"], metrics["train/boundary_weight"] = map(float, weights)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, epoch: int, metrics: Mapping[str, float], full: bool) -> Checkpoint:
+        st = self.state
+        extra: dict[str, Any] = {
+            "history": st.history,
+            "best_metric": st.best_metric,
+            "best_epoch": st.best_epoch,
+        }
+        if self.scaler is not None:
+            extra["grad_scaler"] = self.scaler.state_dict()
+        return Checkpoint(
+            state_dict=self.model.state_dict(),
+            spec=self.spec,
+            epoch=epoch,
+            metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
+            optimizer=self.optimizer.state_dict() if full else None,
+            scheduler=self.scheduler.state_dict() if full else None,
+            rng=capture_rng() if full else None,
+            extra=extra,
+        )
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from a ``last.pt`` checkpoint: weights, optimizer, scheduler, RNG and loop state."""
+        if ckpt.optimizer is None or ckpt.scheduler is None:
+            raise ValueError(
+                "this checkpoint has no optimizer/scheduler state (a best.pt?); resume needs last.pt"
+            )
+        self.model.load_state_dict(ckpt.state_dict)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        if self.scaler is not None and "grad_scaler" in ckpt.extra:
+            self.scaler.load_state_dict(ckpt.extra["grad_scaler"])
+        if ckpt.rng is not None:
+            restore_rng(ckpt.rng)
+        best = ckpt.extra.get("best_metric", -math.inf)
+        self.state = LoopState(
+            ckpt.epoch,
+            float(best),
+            ckpt.extra.get("best_epoch"),
+            [dict(h) for h in ckpt.extra.get("history", [])],
+        )
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def fit(self) -> LoopState:
+        """Train from the epoch after ``state.epoch`` to the end."""
+        for epoch in range(self.state.epoch + 1, self.epochs):
+            record: dict[str, float] = {"epoch": float(epoch), **self.train_epoch(epoch)}
+            logger.info("epoch %d: loss %.4f (%.1f s)", epoch, record["train/loss"], record["train/seconds"])
+            qc: list[Path] = []
+            val: dict[str, float] = {}
+            if (epoch + 1) % self.val_every == 0 or epoch == self.epochs - 1:
+                val, qc = self.validate_fn(epoch)
+                record.update(val)
+                logger.info("epoch %d: validation Dice %.4f", epoch, val["val/dice_mean"])
+            self.state.history.append(record)
+            self.state.epoch = epoch
+            if val and val["val/dice_mean"] > self.state.best_metric:
+                self.state.best_metric, self.state.best_epoch = val["val/dice_mean"], epoch
+                save_checkpoint(self.best_path, self._checkpoint(epoch, val, full=False))
+            save_checkpoint(self.last_path, self._checkpoint(epoch, record, full=True))
+            notify(
+                self.observer,
+                "on_epoch_end",
+                epoch,
+                {k: v for k, v in record.items() if k.startswith("train/")},
+            )
+            if val:
+                notify(self.observer, "on_validation", epoch, val, qc)
+        return self.state

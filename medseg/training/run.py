@@ -1,0 +1,319 @@
+"""``train(config, workdir)``: datalist -> validation of the cases -> split -> datasets -> model -> loop -> result.
+
+Work folder layout::
+
+    workdir/checkpoints/last.pt, best.pt     self-describing checkpoints (medseg.checkpoint)
+    workdir/config.yaml                       the resolved config (without the datalist path)
+    workdir/dataset_summary.json              counts and geometry statistics (no case ids)
+    workdir/learning_curve.png                training loss and validation Dice per epoch
+    workdir/qc/epochNNN_valKK.png             QC overlays of each validation (no case ids in names or titles)
+    workdir/cache/vHASH/                      on-disk cache (train.cache: disk), keyed by the cached settings
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from medseg import __version__
+from medseg.atomic import atomic_write_text
+from medseg.checkpoint import CheckpointError, ModelSpec, load_checkpoint
+from medseg.config import MedsegConfig, apply_overrides, from_dict, load_config, to_dict
+from medseg.errors import ConfigError
+from medseg.losses import DeepSupervisionLoss, build_loss
+from medseg.nets import build_network, network_config
+from medseg.training.data import epoch_loader, make_dataset, seed_everything
+from medseg.training.datalist import load_datalist, validate_datalist
+from medseg.training.hooks import TrainResult, notify
+from medseg.training.loop import Trainer, TrainingDiverged
+from medseg.training.optim import build_optimizer, build_poly_schedule
+from medseg.training.plots import learning_curve, qc_overlay
+from medseg.training.split import split_cases
+from medseg.training.summary import dataset_summary
+from medseg.training.transforms import build_train_transforms, build_val_transforms
+from medseg.training.validation import make_val_inferer, validate
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_config(config: MedsegConfig | str | os.PathLike, overrides: Sequence[str] = ()) -> MedsegConfig:
+    """A config object from a config or a YAML path, with ``key.sub=value`` overrides applied."""
+    if isinstance(config, MedsegConfig):
+        return from_dict(MedsegConfig, apply_overrides(to_dict(config), overrides)) if overrides else config
+    return load_config(config, overrides)
+
+
+def public_config(config: MedsegConfig) -> dict[str, Any]:
+    """The config as plain data without local input/cache paths (a folder name may hold a patient's name)."""
+    data = to_dict(config)
+    data["datalist"]["path"] = None
+    data["train"]["cache_dir"] = None
+    return data
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_settings(deterministic: bool, threads: int | None) -> Iterator[None]:
+    """Deterministic algorithms (warn-only) and the CPU thread count while training; previous settings return."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    n_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        torch.set_num_threads(n_threads)
+
+
+def build_model_spec(config: MedsegConfig, model: torch.nn.Module) -> ModelSpec:
+    """The data contract and run settings stored in every checkpoint."""
+    d, inf = config.data, config.inference
+    return ModelSpec(
+        network=network_config(model),
+        channels=[to_dict(c) for c in d.channels],
+        labels=dict(d.labels),
+        spacing=None if d.spacing is None else list(d.spacing),
+        orientation=d.orientation,
+        spatial_dims=d.spatial_dims,
+        patch_size=list(config.train.patch_size),
+        inference={
+            "overlap": inf.overlap,
+            "sw_batch_size": inf.sw_batch_size,
+            "mode": inf.mode,
+            "slice_axis": d.slice_axis,
+        },
+        config=public_config(config),
+        medseg_version=__version__,
+    )
+
+
+def _cache_key(config: MedsegConfig, needs_dist: bool) -> str:
+    """A folder name for the on-disk cache that changes with every setting of the cached (deterministic) steps."""
+    tc = config.train
+    settings = {
+        "data": to_dict(config.data),
+        "crop": [tc.crop_foreground, tc.foreground_threshold, tc.foreground_margin],
+        "patch": list(tc.patch_size),
+        "dist": needs_dist,
+        "medseg": __version__,
+    }
+    return "v" + hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check_resumable(spec: ModelSpec, saved: ModelSpec, path: Path) -> None:
+    for key in ("network", "channels", "labels", "spacing", "orientation", "spatial_dims", "patch_size"):
+        if getattr(spec, key) != getattr(saved, key):
+            raise ConfigError(
+                f"--resume: {path} was trained with a different {key} ({getattr(saved, key)!r} "
+                f"vs {getattr(spec, key)!r}); use a new work folder"
+            )
+
+
+def train(
+    config: MedsegConfig | str | os.PathLike,
+    workdir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    tracker: Any = None,
+    datalist: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> TrainResult:
+    """Train a model as the config says and leave best/last checkpoints in ``workdir``.
+
+    Args:
+        config: a config or a YAML file.
+        workdir: output folder (created).
+        resume: continue from ``workdir/checkpoints/last.pt`` (epoch, optimizer, scheduler, RNG).
+        tracker: optional observer with the hooks of :mod:`medseg.training.hooks`.
+        datalist: overrides ``config.datalist.path``.
+        overrides: ``key.sub=value`` config overrides.
+
+    Raises:
+        DatalistError: the cases do not fit the data contract (every problem listed).
+        TrainingDiverged: a non-finite loss; ``tracker.on_end`` got a ``"diverged"`` result first.
+    """
+    t0 = time.perf_counter()
+    config = resolve_config(config, overrides)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    if not resume and any((work / "checkpoints" / name).is_file() for name in ("last.pt", "best.pt")):
+        raise ConfigError(
+            f"{work / 'checkpoints'} already holds checkpoints of another run; resume it (--resume) "
+            "or train into a new work folder"
+        )
+    tc = config.train
+    source = datalist if datalist is not None else config.datalist.path
+    if source is None:
+        raise ConfigError("datalist.path: no datalist given (set it in the config or pass datalist=)")
+    entries = load_datalist(
+        source, config.data.channel_names, label=config.datalist.label, fmt=config.datalist.format
+    )
+    infos = validate_datalist(entries, config.data, source=str(source))
+    train_cases, val_cases = split_cases(
+        entries, val_fraction=tc.val_fraction, folds=tc.folds, fold=tc.fold, seed=tc.seed
+    )
+    summary = dataset_summary(config.data, infos, len(train_cases), len(val_cases))
+    atomic_write_text(work / "dataset_summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(work / "config.yaml", yaml.safe_dump(public_config(config), sort_keys=False))
+    device = resolve_device(tc.device)
+    result = TrainResult(status="failed", workdir=work, dataset_summary=summary)
+
+    with torch_settings(tc.deterministic, tc.num_threads):
+        needs_dist = bool(
+            getattr(build_loss(config.loss.name, **config.loss.build_options()), "requires_dist", False)
+        )
+        cache_dir = (Path(tc.cache_dir) if tc.cache_dir else work / "cache") / _cache_key(config, needs_dist)
+        train_ds = make_dataset(
+            [e.as_item() for e in train_cases],
+            build_train_transforms(config, needs_dist=needs_dist),
+            tc.cache,
+            cache_dir / "train",
+        )
+        val_ds = make_dataset(
+            [e.as_item() for e in val_cases], build_val_transforms(config), tc.cache, cache_dir / "val"
+        )
+        seed_everything(tc.seed)
+        d = config.data
+        model = build_network(
+            **config.network.build_kwargs(d.spatial_dims, len(d.channels), d.num_classes)
+        ).to(device)
+        loss = DeepSupervisionLoss(
+            build_loss(config.loss.name, **config.loss.build_options()), config.loss.deep_supervision_weights
+        )
+        optimizer = build_optimizer(
+            model.parameters(), tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.nesterov
+        )
+        scheduler = build_poly_schedule(optimizer, tc.epochs, tc.poly_power)
+        spec = build_model_spec(config, model)
+        inferer = make_val_inferer(config)
+        qc_dir = work / "qc"
+        latest_qc: list[Path] = []
+
+        def loaders(epoch: int) -> Any:
+            return epoch_loader(
+                train_ds,
+                batch_size=tc.batch_size,
+                shuffle=True,
+                seed=tc.seed,
+                epoch=epoch,
+                num_workers=tc.num_workers,
+                pin_memory=device.type == "cuda",
+            )
+
+        def run_validation(epoch: int) -> tuple[dict[str, float], list[Path]]:
+            batches = torch.utils.data.DataLoader(val_ds, batch_size=1, num_workers=0)
+            qc_axis = 2 if d.slice_axis is None else d.slice_axis
+            metrics, slices = validate(
+                model, batches, inferer, d.labels, device, amp=tc.amp, qc_cases=tc.qc_cases, qc_axis=qc_axis
+            )
+            pngs = [
+                qc_overlay(
+                    s.image,
+                    s.label,
+                    s.pred,
+                    qc_dir / f"epoch{epoch:03d}_val{s.index:02d}.png",
+                    f"epoch {epoch}, validation case {s.index}",
+                )
+                for s in slices
+            ]
+            latest_qc[:] = pngs
+            return metrics, pngs
+
+        trainer = Trainer(
+            model,
+            loss,
+            optimizer,
+            scheduler,
+            spec=spec,
+            loaders=loaders,
+            validate=run_validation,
+            checkpoint_dir=work / "checkpoints",
+            epochs=tc.epochs,
+            val_every=tc.val_every,
+            device=device,
+            amp=tc.amp,
+            needs_dist=needs_dist,
+            grad_clip=tc.grad_clip,
+            observer=tracker,
+        )
+        resumed_from = None
+        if resume:
+            try:
+                ckpt = load_checkpoint(trainer.last_path, map_location=device)
+            except CheckpointError as exc:
+                raise ConfigError(f"--resume: {exc}") from exc
+            _check_resumable(spec, ckpt.spec, trainer.last_path)
+            trainer.restore(ckpt)
+            resumed_from = ckpt.epoch
+            logger.info("resuming after epoch %d from %s", ckpt.epoch, trainer.last_path)
+        notify(
+            tracker,
+            "on_start",
+            {
+                "config": public_config(config),
+                "dataset": summary,
+                "run": {
+                    "device": str(device),
+                    "medseg_version": __version__,
+                    "resumed_from_epoch": resumed_from,
+                },
+            },
+        )
+        try:
+            state = trainer.fit()
+            final = trainer.best_path if trainer.best_path.is_file() else trainer.last_path
+            model.load_state_dict(load_checkpoint(final, map_location=device).state_dict)
+            result.learning_curve = learning_curve(state.history, work / "learning_curve.png")
+            result.qc_images = list(latest_qc)
+        except TrainingDiverged as exc:
+            _finish(result, trainer, "diverged", str(exc), t0, tracker)
+            raise
+        except BaseException as exc:
+            _finish(result, trainer, "failed", f"{type(exc).__name__}: {exc}", t0, tracker)
+            raise
+    result.model = model.eval()
+    _finish(result, trainer, "completed", None, t0, tracker)
+    return result
+
+
+def _finish(
+    result: TrainResult, trainer: Trainer, status: str, error: str | None, t0: float, tracker: Any
+) -> None:
+    st = trainer.state
+    result.status = status  # type: ignore[assignment]
+    result.error = error
+    result.history = list(st.history)
+    result.last_checkpoint = trainer.last_path if trainer.last_path.is_file() else None
+    result.best_checkpoint = trainer.best_path if trainer.best_path.is_file() else None
+    result.best_epoch = st.best_epoch
+    if st.best_epoch is not None:
+        best = next((h for h in st.history if h["epoch"] == st.best_epoch), {})
+        result.best_metrics = {k: v for k, v in best.items() if k.startswith("val/")}
+    result.seconds = time.perf_counter() - t0
+    if error is not None:
+        logger.error("training %s: %s", status, error)
+    notify(tracker, "on_end", result)
