@@ -163,6 +163,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.ok else EXIT_FAILED
 
 
+DEMO_MARKER = ".medseg-demo"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from medseg.demo import report_lines, run_demo
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / DEMO_MARKER).is_file():
+            raise FileExistsError(f"{out} exists and is not a medseg demo folder; choose another --out")
+        shutil.rmtree(out)  # a previous demo's folder (it carries the marker): start afresh
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("created by medseg demo; `medseg demo` may delete this folder\n")
+    result = run_demo(out, env=os.environ, tracking_uri=args.tracking_uri, seed=args.seed)
+    for line in report_lines(result):
+        if line:
+            print(line)
+    return EXIT_OK
+
+
 def _tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri",
@@ -216,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=int, nargs="*", default=None, help="label values (default: all present)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="end to end on synthetic data: convert, train + register, segment an archive")
+    p.add_argument("--out", default="demo_out", help="working folder (default: demo_out; recreated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow/mlruns.db)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("register", help="register a run's logged model in the MLflow registry and set an alias")
     p.add_argument("run_id", help="MLflow run id of a training run")

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import time
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -36,7 +31,6 @@ from medseg.tracking import (
     scrub_params,
 )
 
-SERVER_START_TIMEOUT_S = 120.0
 CANARY_ID = "CANARY-PID-55821"
 SPEC = {
     "channels": [
@@ -57,68 +51,10 @@ def _quiet_mlflow():
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module", autouse=True)
-def _server_process(tmp_path_factory):
-    """Launch a real `mlflow server` on 127.0.0.1 at module start (it boots while the embedded tests run).
-
-    SQLite backend, proxied artifacts in its own folder; the process group is always terminated at teardown.
-    """
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in the finally block
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{(root / 'srv.db').as_posix()}",
-        "--artifacts-destination", (root / "art").as_posix(),
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        yield {"proc": proc, "uri": f"http://127.0.0.1:{port}", "root": root}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(_server_process):
-    """The launched server once ``GET /health`` answers (bounded wait)."""
-    proc, url, root = _server_process["proc"], _server_process["uri"], _server_process["root"]
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not _healthy(url):
-        if proc.poll() is not None:
-            pytest.fail(
-                f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}"
-            )
-        if time.monotonic() > deadline:
-            pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S} s")
-        time.sleep(0.5)
-    return {"uri": url, "root": root}
+def _boot_server_early(mlflow_server_process):
+    """Start the shared server when this module starts, so it boots while the embedded tests run."""
+    return mlflow_server_process
 
 
 @pytest.fixture(scope="module", params=["embedded", "server"])

@@ -1,0 +1,66 @@
+"""The training observer that forwards the loop's hooks to a :class:`RunLogger` (tracking observes the loop)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medseg.tracking.logger import RunLogger
+
+logger = logging.getLogger(__name__)
+
+_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
+
+
+class MLflowObserver:
+    """Implements the hooks of :mod:`medseg.training.hooks` on top of a :class:`RunLogger`.
+
+    The run starts in ``on_start`` and ends in ``on_end``; registration, which needs the finished run's best
+    checkpoint, is done afterwards by :func:`medseg.workflows.train_and_register`.
+    """
+
+    def __init__(self, run_logger: RunLogger, run_name: str | None = None) -> None:
+        self.run_logger = run_logger
+        self.run_name = run_name
+
+    def on_start(self, params: Mapping[str, Any]) -> None:
+        config = dict(params.get("config", {}))
+        self.run_logger.start(self.run_name or str(config.get("name", "medseg")), params=config,
+                              tags={"medseg.resumed_from_epoch": params.get("run", {}).get("resumed_from_epoch")})
+        self.run_logger.log_system_info()
+        self.run_logger.log_dict(dict(params.get("dataset", {})), "dataset_summary.json")
+        self.run_logger.log_dict(config, "config.json")
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.run_logger.log_metrics(_mlflow_names(metrics), step=epoch)
+
+    def on_validation(self, epoch: int, metrics: Mapping[str, float], qc_pngs: Sequence[Path]) -> None:
+        self.run_logger.log_metrics(_mlflow_names(metrics), step=epoch)
+        for png in qc_pngs:
+            self.run_logger.log_image(png, artifact_path=f"qc/epoch_{epoch:03d}")
+
+    def on_end(self, result: Any) -> None:
+        if result.learning_curve is not None:
+            self.run_logger.log_image(result.learning_curve, artifact_path="plots")
+        config_yaml = Path(result.workdir) / "config.yaml"
+        if config_yaml.is_file():
+            self.run_logger.log_artifact(config_yaml)
+        if result.best_metrics:
+            self.run_logger.log_metrics({f"best/{k.split('/', 1)[-1]}": v for k, v in _mlflow_names(
+                result.best_metrics).items()}, step=int(result.best_epoch or 0))
+        if result.error:
+            self.run_logger.set_tags({"medseg.error": result.error[:500]})
+        self.run_logger.set_tags({"medseg.status": result.status})
+        # the run stays open for registration when training completed; the workflow ends it
+        if not result.succeeded:
+            self.run_logger.end(_STATUS.get(result.status, "FAILED"))
+
+
+def _mlflow_names(metrics: Mapping[str, float]) -> dict[str, float]:
+    """MLflow metric keys allow letters, digits, '_', '-', '.', ' ', '/': replace anything else."""
+    out = {}
+    for k, v in metrics.items():
+        out["".join(c if c.isalnum() or c in "_-./ " else "_" for c in k)] = float(v)
+    return out

@@ -1,0 +1,93 @@
+"""End-to-end workflows composed from the library: train + track + register (what `medseg train` runs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRegisterResult:
+    """What a train-and-register run left behind."""
+
+    train: Any  # medseg.training.TrainResult
+    tracking_uri: str
+    run_id: str | None
+    model: Any = None  # medseg.tracking.ModelVersionInfo when registered
+    tracking_report: dict[str, Any] = field(default_factory=dict)
+
+
+def train_and_register(
+    config: Any,
+    workdir: str | os.PathLike,
+    *,
+    tracking_uri: str,
+    resume: bool = False,
+    datalist: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    register: bool = True,
+) -> TrainRegisterResult:
+    """Train from a config while MLflow observes the run, then register the best model.
+
+    The model is registered (new version, alias from ``tracking.alias``, ``champion`` by default) only when
+    training completed; a diverged or failed run registers nothing. With the tracking server unreachable training
+    still completes: what could not be logged is kept in ``workdir/mlflow-offline`` and reported.
+    """
+    import numpy as np
+
+    from medseg.checkpoint import load_checkpoint
+    from medseg.tracking import RunLogger, register_model
+    from medseg.tracking.observer import MLflowObserver
+    from medseg.training import train
+    from medseg.training.run import resolve_config
+
+    cfg = resolve_config(config, overrides)
+    work = Path(workdir)
+    run_logger = RunLogger(cfg.tracking, tracking_uri, work / "mlflow-offline")
+    observer = MLflowObserver(run_logger, run_name=cfg.name)
+    try:
+        result = train(cfg, work, resume=resume, tracker=observer, datalist=datalist)
+    except BaseException:
+        if run_logger.active:
+            run_logger.end("FAILED")
+        raise
+    out = TrainRegisterResult(train=result, tracking_uri=tracking_uri, run_id=run_logger.run_id)
+    try:
+        name = cfg.tracking.registered_model
+        if register and result.succeeded and name:
+            ckpt = load_checkpoint(result.best_checkpoint)
+            example = np.zeros((1, len(ckpt.spec.channels), *ckpt.spec.patch_size), dtype=np.float32)
+            if run_logger.offline:
+                logger.warning("tracking server unreachable: model not registered; checkpoint at %s",
+                               result.best_checkpoint)
+            else:
+                out.model = register_model(run_logger, result.best_checkpoint, ckpt.spec.to_dict(), name,
+                                           alias=cfg.tracking.alias, example_input=example,
+                                           tracking_uri=tracking_uri)
+                logger.info("registered models:/%s/%s (alias %s)", out.model.name, out.model.version, out.model.alias)
+    finally:
+        if run_logger.active:
+            run_logger.end("FINISHED" if result.succeeded else "FAILED")
+        out.tracking_report = run_logger.report()
+    return out
+
+
+def describe(result: TrainRegisterResult) -> Mapping[str, Any]:
+    """A small summary for the command line."""
+    t = result.train
+    return {
+        "status": t.status,
+        "best_epoch": t.best_epoch,
+        "best_metrics": t.best_metrics,
+        "best_checkpoint": str(t.best_checkpoint) if t.best_checkpoint else None,
+        "tracking_uri": result.tracking_uri,
+        "run_id": result.run_id,
+        "model_uri": f"models:/{result.model.name}@{result.model.alias}" if result.model else None,
+        "offline": result.tracking_report.get("offline"),
+    }
