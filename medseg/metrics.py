@@ -61,7 +61,7 @@ def _check_pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     return pred_a, gt_a
 
 
-def _check_spacing(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
+def check_spacing(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
     values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
     if values.ndim != 1 or values.size not in (1, ndim):
         raise ValueError(f"spacing must be a number or one value per axis ({ndim}), got {spacing!r}")
@@ -147,7 +147,7 @@ def surface_distances(
     Both masks must be non-empty boolean arrays of the same shape. The work is cropped to their bounding box.
     """
     pred_mask, gt_mask = _check_pair(np.asarray(pred_mask, dtype=bool), np.asarray(gt_mask, dtype=bool))
-    sampling = _check_spacing(spacing, pred_mask.ndim)
+    sampling = check_spacing(spacing, pred_mask.ndim)
     box = _union_box(_bounding_box(pred_mask), _bounding_box(gt_mask))
     if box is None or not pred_mask.any() or not gt_mask.any():
         raise ValueError("surface_distances needs two non-empty masks")
@@ -232,7 +232,7 @@ def compute_metrics(
     pred_a, gt_a = _check_pair(pred, gt)
     label_list = _check_labels(labels)
     wanted = _check_metrics(metrics)
-    sampling = _check_spacing(spacing, pred_a.ndim)
+    sampling = check_spacing(spacing, pred_a.ndim)
     tolerance = _check_tolerance(nsd_tolerance_mm)
     return {
         label: _label_metrics(pred_a, gt_a, label, sampling, tolerance, 95.0, wanted) for label in label_list
@@ -271,7 +271,7 @@ def hausdorff_distance(
     pred_a, gt_a = _check_pair(pred, gt)
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
-    sampling = _check_spacing(spacing, pred_a.ndim)
+    sampling = check_spacing(spacing, pred_a.ndim)
     label = _check_labels([label])[0]
     return _label_metrics(pred_a, gt_a, label, sampling, 0.0, float(percentile), ["hd95"])["hd95"]
 
@@ -287,7 +287,7 @@ def surface_dice(
     """Normalised surface Dice of one label at ``tolerance_mm``: the fraction of the surface voxels of both masks
     lying within the tolerance of the other surface. Both empty: 1; exactly one empty: 0."""
     pred_a, gt_a = _check_pair(pred, gt)
-    sampling = _check_spacing(spacing, pred_a.ndim)
+    sampling = check_spacing(spacing, pred_a.ndim)
     tolerance = _check_tolerance(tolerance_mm)
     label = _check_labels([label])[0]
     return _label_metrics(pred_a, gt_a, label, sampling, tolerance, 95.0, ["nsd"])["nsd"]

@@ -33,6 +33,7 @@ from monai.transforms import MapTransform, Transform
 from scipy import ndimage
 
 from medseg.errors import ConfigError
+from medseg.metrics import check_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +98,6 @@ def _check_label_values(labels: Sequence[int] | None, name: str = "labels") -> l
             )
         out.append(int(value))
     return out
-
-
-def _check_spacing(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
-    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
-    if values.ndim != 1 or values.size not in (1, ndim):
-        raise ValueError(f"spacing must be a number or one value per axis ({ndim}), got {spacing!r}")
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError(f"spacing values must be finite and > 0, got {spacing!r}")
-    return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
 
 
 def _label_boxes(label: np.ndarray, labels: list[int] | None) -> dict[int, tuple[slice, ...]]:
@@ -196,7 +188,7 @@ def remove_small(
         A new label map of the same kind, shape and dtype.
     """
     arr = _check_label_map(_to_numpy(label))
-    sampling = _check_spacing(spacing, arr.ndim)
+    sampling = check_spacing(spacing, arr.ndim)
     conn = _check_connectivity(connectivity, arr.ndim)
     wanted = _check_label_values(labels)
     thresholds = _check_thresholds(min_volume_mm3, "min_volume_mm3")

@@ -386,3 +386,25 @@ def check_flag(option: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{option} must be true or false, got {value!r}")
     return value
+
+
+def check_unet_options(
+    spatial_dims: object,
+    in_channels: object,
+    out_channels: object,
+    features: Sequence[int],
+    upsample: object,
+    downsample: object,
+    residual: object,
+    deep_supervision: object,
+) -> tuple[int, ...]:
+    """Validate the options UNet and UNet++ share; return the checked feature widths."""
+    check_positive_int("spatial_dims", spatial_dims)
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
+    checked = check_features(features)
+    check_choice("upsample", upsample, UPSAMPLE_MODES)
+    check_choice("downsample", downsample, DOWNSAMPLE_MODES)
+    check_flag("residual", residual)
+    check_flag("deep_supervision", deep_supervision)
+    return checked

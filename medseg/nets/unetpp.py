@@ -11,15 +11,10 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.nets.blocks import (
-    DOWNSAMPLE_MODES,
-    UPSAMPLE_MODES,
     LayerFactory,
     UpConcat,
-    check_choice,
-    check_features,
-    check_flag,
     check_input,
-    check_positive_int,
+    check_unet_options,
     crop_padding,
     encoder_stages,
     pad_to_multiple,
@@ -79,14 +74,16 @@ class UNetPlusPlus(nn.Module):
         prune_depth: int | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int("spatial_dims", spatial_dims)
-        check_positive_int("in_channels", in_channels)
-        check_positive_int("out_channels", out_channels)
-        features = check_features(features)
-        check_choice("upsample", upsample, UPSAMPLE_MODES)
-        check_choice("downsample", downsample, DOWNSAMPLE_MODES)
-        check_flag("residual", residual)
-        check_flag("deep_supervision", deep_supervision)
+        features = check_unet_options(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            features,
+            upsample,
+            downsample,
+            residual,
+            deep_supervision,
+        )
         factory = LayerFactory(spatial_dims, norm=norm, activation=activation, dropout=dropout)
 
         self.spatial_dims = spatial_dims
