@@ -2,6 +2,21 @@
 
 ``Predictor.predict(image)`` takes a channel-first MetaTensor in the study's own geometry and returns an integer
 label map on exactly that grid (same shape and affine). The network is loaded once and reused for every study.
+
+How a study is segmented (memory stays about one window-deep slab, never a full ``(K, *spatial)`` buffer):
+
+1. :mod:`medseg.inference.prepare`: the model grid of the study (as the training preprocessing makes it) and, when
+   the model was trained with ``train.crop_foreground``, the crop box by the same rule (any raw channel above the
+   threshold, plus the margin). Everything outside the box is background.
+2. :class:`medseg.inference.sliding.SlidingWindow`: MONAI's window layout over the whole model grid, of which only
+   the windows touching the box run (windows over air are skipped, and every voxel of the box gets exactly the
+   values of an uncropped run). The training preprocessing (normalization on the native grid, orientation,
+   spacing) is computed for those windows only. Gaussian blending of the logits, optional mirroring test-time
+   augmentation inside each window (the mean of the logits over all flips, as nnU-Net does), AMP on CUDA,
+   channels-last 3D convolutions on CPU. Final slabs are streamed.
+3. :class:`medseg.inference.invert.LabelInverter`: each study voxel gets the argmax of the blended logits linearly
+   interpolated at its position (what ``Invertd(nearest_interp=False)`` + ``AsDiscrete(argmax=True)`` gives),
+   slab by slab, stored as ``uint8``.
 """
 
 from __future__ import annotations
@@ -17,7 +32,10 @@ import torch
 from monai.data import MetaTensor
 
 from medseg.checkpoint import Checkpoint, ModelSpec, load_checkpoint
-from medseg.inference.sliding import make_inferer
+from medseg.inference.invert import LabelInverter, label_dtype_for
+from medseg.inference.prepare import CropRule, crop_rule, foreground_box, model_grid, resample_box
+from medseg.inference.resample import axis_maps
+from medseg.inference.sliding import SlidingWindow, SlidingWindowConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +69,17 @@ def native_spacing(affine: torch.Tensor, axcodes: str) -> list[float]:
     return out
 
 
+def channels_last_exact(network: torch.nn.Module) -> bool:
+    """Whether channels-last 3D kernels compute what the default layout computes (to float rounding).
+
+    PyTorch's channels-last group normalization (medseg's instance norm is one) is far less accurate on CPU (errors
+    of ~1e-3 instead of ~1e-6 on features with a large mean), enough to move label boundaries; such networks keep
+    the default layout.
+    """
+    inexact = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.modules.instancenorm._InstanceNorm)
+    return not any(isinstance(m, inexact) for m in network.modules())
+
+
 class Predictor:
     """Runs a network on whole studies with the preprocessing of its :class:`ModelSpec`.
 
@@ -58,9 +87,14 @@ class Predictor:
         network: the network (moved to ``device`` and put in eval mode here).
         spec: the model's data contract.
         device: ``"auto"``, ``"cpu"`` or ``"cuda:N"``.
-        tta: average the softmax over mirrored inputs (all flips of the spatial axes).
+        tta: mirroring test-time augmentation: in every window, the mean of the logits over all flips of the
+            network's spatial axes.
         overlap, sw_batch_size: override the spec's sliding-window settings.
         amp: mixed precision on CUDA (default: on when the device is CUDA).
+        crop_foreground: segment only the foreground box (default: as the model was trained,
+            ``spec.config["train"]["crop_foreground"]``); False segments the whole grid.
+        channels_last: run 3D networks in channels-last memory format (default: on CPU, where it is faster, unless
+            the network has group/instance normalization, see :func:`channels_last_exact`).
     """
 
     def __init__(
@@ -73,19 +107,38 @@ class Predictor:
         overlap: float | None = None,
         sw_batch_size: int | None = None,
         amp: bool | None = None,
+        crop_foreground: bool | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         self.spec = spec
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.tta = tta
         inf = dict(spec.inference)
-        self.inferer = make_inferer(
-            spec.patch_size,
-            overlap=overlap if overlap is not None else inf.get("overlap", 0.5),
-            sw_batch_size=sw_batch_size if sw_batch_size is not None else inf.get("sw_batch_size", 4),
+        self.slice_axis = inf.get("slice_axis") if spec.spatial_dims == 2 else None
+        roi = [int(p) for p in spec.patch_size]
+        if self.slice_axis is not None:
+            roi.insert(int(self.slice_axis), 1)  # a 2D network slides over single slices of the volume
+        self.window_config = SlidingWindowConfig(
+            tuple(roi),
+            overlap=float(overlap if overlap is not None else inf.get("overlap", 0.5)),
+            sw_batch_size=int(sw_batch_size if sw_batch_size is not None else inf.get("sw_batch_size", 4)),
             mode=inf.get("mode", "gaussian"),
         )
+        self.inferer = SlidingWindow(
+            self.window_config, slab_axis=self.slice_axis, device=self.device
+        )
         self.amp = (self.device.type == "cuda") if amp is None else (amp and self.device.type == "cuda")
+        rule = crop_rule(spec.config)
+        self.crop: CropRule | None = rule if crop_foreground is None or crop_foreground else None
+        if crop_foreground and rule is None:
+            raise ValueError("crop_foreground=True but the model was not trained with train.crop_foreground")
+        if channels_last is None:
+            channels_last = self.device.type == "cpu" and channels_last_exact(self.network)
+        self.channels_last = bool(channels_last) and spec.spatial_dims == 3
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
+        self._normalizers: list[Any] | None = None
         self._preprocess = None
 
     @classmethod
@@ -101,21 +154,32 @@ class Predictor:
         return cls(network, ckpt.spec, device, **kw)
 
     # ------------------------------------------------------------------------------------------ preprocessing
-    def preprocess_transform(self, image: MetaTensor):
+    @property
+    def normalizers(self) -> list[Any]:
+        """One normalizer per channel of the data contract."""
         from medseg.data.normalization import build_normalizer
+
+        if self._normalizers is None:
+            self._normalizers = []
+            for ch in self.spec.channels:
+                params = dict(ch.get("normalization") or {"name": "none"})
+                self._normalizers.append(build_normalizer(params.pop("name"), **params))
+        return self._normalizers
+
+    def target_spacing(self, image: MetaTensor) -> list[float]:
+        """The model spacing, or the study's own spacing for models that work on the native grid."""
+        if self.spec.spacing is not None:
+            return [float(s) for s in self.spec.spacing]
+        return native_spacing(image.affine, self.spec.orientation[: image.ndim - 1])
+
+    def preprocess_transform(self, image: MetaTensor):
+        """The MONAI ``Compose`` of the training preprocessing (for inspection; ``predict`` does not use it)."""
         from medseg.data.preprocess import build_preprocess
 
         if self._preprocess is None or self.spec.spacing is None:
-            normalizers = []
-            for ch in self.spec.channels:
-                params = dict(ch.get("normalization") or {"name": "none"})
-                normalizers.append(build_normalizer(params.pop("name"), **params))
-            spacing = self.spec.spacing
-            if spacing is None:  # the model works on each study's native spacing
-                spacing = native_spacing(image.affine, self.spec.orientation[: image.ndim - 1])
             self._preprocess = build_preprocess(
-                "image", None, spacing, orientation=self.spec.orientation[: image.ndim - 1],
-                normalizers=normalizers, channel_names=self.spec.channel_names,
+                "image", None, self.target_spacing(image), orientation=self.spec.orientation[: image.ndim - 1],
+                normalizers=self.normalizers, channel_names=self.spec.channel_names,
             )
         return self._preprocess
 
@@ -126,52 +190,72 @@ class Predictor:
                 f"the model expects {n} channel(s) {self.spec.channel_names}, the image has {image.shape[0]}"
             )
 
+    def _check_input(self, image: MetaTensor) -> None:
+        from medseg.data.preprocess import CheckGeometryd
+
+        CheckGeometryd(["image"], [], spatial_dims=self.file_dims)({"image": image})
+        self.check_channels(image)
+
     # ------------------------------------------------------------------------------------------ inference
+    def window_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, *roi)`` of a batch of windows (mean over mirrorings when ``tta``)."""
+        squeeze = None if self.slice_axis is None or x.ndim != 5 else 2 + int(self.slice_axis)
+        if squeeze is not None:
+            x = x.squeeze(squeeze)
+        if self.channels_last and x.ndim == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        dims = list(range(2, x.ndim))
+        flips: list[list[int]] = [[]]
+        if self.tta:
+            flips = [[d for i, d in enumerate(dims) if mask >> i & 1] for mask in range(2 ** len(dims))]
+        outs = []
+        with torch.autocast(self.device.type, enabled=self.amp):
+            for f in flips:
+                out = self.network(torch.flip(x, f) if f else x)
+                if isinstance(out, (list, tuple)):  # deep supervision heads: the full-resolution output
+                    out = out[0]
+                out = out.float()
+                outs.append(torch.flip(out, f) if f else out)
+                if len(outs) == 2:
+                    outs = [outs[0].add_(outs[1])]
+        total = outs[0]
+        if len(flips) > 1:
+            total = total.div_(len(flips))
+        return total if squeeze is None else total.unsqueeze(squeeze)
+
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax over a (B, C, *spatial) preprocessed batch, by sliding window (and mirroring when tta).
 
         A 2D network on 3D volumes (``inference.slice_axis`` in the spec) runs on every slice across that axis.
         """
-        x = x.to(self.device)
-        slice_axis = self.spec.inference.get("slice_axis")
-        if self.spec.spatial_dims == 2 and x.ndim == 5:
-            if slice_axis is None:
-                raise ValueError("a 2D model on a 3D volume needs inference.slice_axis in its spec")
-            axis = 2 + int(slice_axis)
-            slices = x.movedim(axis, 1)  # (B, S, C, h, w)
-            b, n = slices.shape[:2]
-            prob = self._mirrored(slices.reshape(b * n, *slices.shape[2:]))
-            return prob.reshape(b, n, *prob.shape[1:]).movedim(1, axis)
-        return self._mirrored(x)
+        if self.spec.spatial_dims == 2 and x.ndim == 5 and self.slice_axis is None:
+            raise ValueError("a 2D model on a 3D volume needs inference.slice_axis in its spec")
+        logits = self.inferer(x.to(self.device), self.window_scores)
+        return torch.softmax(logits, dim=1)
 
-    def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
-        dims = list(range(2, x.ndim))
-        flips: list[list[int]] = [[]]
-        if self.tta:
-            flips = [[d for i, d in enumerate(dims) if mask >> i & 1] for mask in range(2 ** len(dims))]
-        total = None
-        with torch.autocast(self.device.type, enabled=self.amp):
-            for f in flips:
-                xi = torch.flip(x, f) if f else x
-                logits = self.inferer(xi, self.network)
-                prob = torch.softmax(logits.float(), dim=1)
-                prob = torch.flip(prob, f) if f else prob
-                total = prob if total is None else total + prob
-        return total / len(flips)
-
+    @torch.inference_mode()
     def predict(self, image: MetaTensor) -> MetaTensor:
-        """Label map (1, *spatial), int64 values of ``spec.labels``, on exactly ``image``'s grid."""
-        from medseg.data.preprocess import invert_to_original
-
-        self.check_channels(image)
-        transform = self.preprocess_transform(image)
-        pre = transform({"image": image})["image"]
-        prob = self.probabilities(pre.as_tensor().unsqueeze(0))
-        label = prob.argmax(dim=1).to(torch.uint8).cpu()  # (1, *spatial) on the preprocessed grid
-        out = invert_to_original(label, pre, transform, key="image", nearest=True)
-        out = MetaTensor(out.as_tensor().to(torch.int64), meta={**image.meta, "affine": image.affine.clone()})
-        return out
+        """Label map ``(1, *spatial)`` (uint8 for up to 256 classes) on exactly ``image``'s grid and affine."""
+        self._check_input(image)
+        grid = model_grid(image, self.spec.orientation[: image.ndim - 1], self.target_spacing(image))
+        box = grid.whole if self.crop is None else foreground_box(image.as_tensor(), grid, self.crop)
+        # the whole-grid windows that touch the box, widened by the one voxel its interpolation may read
+        wide = tuple((max(b0 - 1, 0), min(b1 + 1, n)) for (b0, b1), n in zip(box, grid.shape, strict=True))
+        layout = self.inferer.layout(grid.shape, wide)
+        pre = resample_box(image, self.normalizers, grid, layout.hull)
+        maps = axis_maps(grid.affine, np.asarray(image.affine, dtype=np.float64))  # study axis -> model axis
+        inverter = LabelInverter(
+            image.shape[1:], maps, grid.shape, layout.hull, box, label_dtype_for(self.spec.num_classes)
+        )
+        logger.debug(
+            "segmenting %s on the model grid %s: box %s, %d of %d windows", tuple(image.shape[1:]), grid.shape,
+            box, len(layout.starts), layout.total,
+        )
+        for slab in self.inferer.slabs(pre.to(self.device), self.window_scores, layout):
+            inverter.add(slab)
+        label = inverter.result().unsqueeze(0)
+        return MetaTensor(label, meta={**image.meta, "affine": image.affine.clone()})
 
     def predict_case(self, sources: Mapping[str, str | os.PathLike]) -> tuple[MetaTensor, MetaTensor]:
         """Assemble the spec's channels from files / DICOM folders, then :meth:`predict`."""

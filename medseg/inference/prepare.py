@@ -1,0 +1,237 @@
+"""Preprocessing for inference: the training preprocessing of a study, computed only inside the foreground box.
+
+Training (:mod:`medseg.training.transforms`) normalizes each channel on the native grid, reorients, resamples to the
+model spacing (bilinear, border padding) and, with ``train.crop_foreground``, crops to the bounding box of the voxels
+where any *raw* channel exceeds ``train.foreground_threshold``, plus ``train.foreground_margin`` voxels.
+:func:`prepare` produces the same preprocessed voxels, but
+
+* takes the target grid (shape and affine) from MONAI's own ``Orientation``/``Spacing`` run lazily, so it is exactly
+  the training grid, without touching voxels;
+* finds the foreground box from per-axis projections of the threshold mask, computed slab by slab;
+* normalizes and resamples (separably, :mod:`medseg.inference.resample`) only the native voxels the box needs, a
+  chunk at a time. Point-wise normalizers (CT window, none) run per chunk; normalizers with image statistics
+  (z-score, percentiles) run once on the whole native image first, as in training.
+
+The result is the ``(C, *box)`` float32 image plus the geometry needed to bring predictions back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from medseg.data.normalization import ChannelNormalize, CTWindow, NoNormalization, Normalizer
+from medseg.inference.resample import AxisMap, Stencil, axis_maps, index_range, lerp_axis, stencil
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CropRule", "ModelGrid", "Prepared", "crop_rule", "foreground_box", "model_grid", "prepare", "resample_box"]
+
+POINTWISE = (CTWindow, NoNormalization)
+CHUNK_VOXELS = 1 << 20  # study voxels per channel read, normalized and resampled at a time
+
+
+@dataclass(frozen=True)
+class CropRule:
+    """Foreground crop of the training config: any raw channel > ``threshold``, plus ``margin`` voxels."""
+
+    threshold: float
+    margin: int
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.threshold):
+            raise ValueError(f"foreground threshold must be finite, got {self.threshold}")
+        if self.margin < 0:
+            raise ValueError(f"foreground margin must be >= 0 voxels, got {self.margin}")
+
+
+def crop_rule(config: Mapping[str, Any]) -> CropRule | None:
+    """The crop rule of a training config (plain data, ``ModelSpec.config``), or None when it did not crop.
+
+    A config without a ``train`` section (a model not trained by medseg) is not cropped.
+    """
+    train = config.get("train") or {}
+    if not train.get("crop_foreground", False):
+        return None
+    return CropRule(float(train.get("foreground_threshold", 0.0)), int(train.get("foreground_margin", 2)))
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The preprocessed (model) grid of a study.
+
+    Attributes:
+        affine: its affine (float64).
+        shape: its spatial shape.
+        maps: per model axis, the study axis it reads and the index map (model index -> study index).
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, ...]
+    maps: tuple[AxisMap, ...]
+
+    @property
+    def whole(self) -> tuple[tuple[int, int], ...]:
+        return tuple((0, n) for n in self.shape)
+
+
+@dataclass
+class Prepared:
+    """A study preprocessed inside a box of its model grid.
+
+    Attributes:
+        image: ``(C, *box)`` float32 preprocessed voxels of the box.
+        grid: the whole model grid.
+        box: per axis ``(start, stop)`` of the box in the model grid.
+    """
+
+    image: torch.Tensor
+    grid: ModelGrid
+    box: tuple[tuple[int, int], ...]
+
+
+def model_grid(image: MetaTensor, orientation: str, spacing: Sequence[float]) -> ModelGrid:
+    """The model grid of ``image``, from MONAI's ``Orientation`` + ``Spacing`` run lazily (no voxel is touched).
+
+    Raises:
+        ValueError: the model grid is not axis-aligned with the study grid (cannot happen for a reorientation
+            followed by a change of spacing; the message names the axes).
+    """
+    from monai.transforms import Orientation, Spacing
+
+    nd = image.ndim - 1
+    stand_in = MetaTensor(torch.zeros(1).expand(1, *image.shape[1:]), affine=image.affine.clone())
+    oriented = Orientation(axcodes=orientation, labels=None, lazy=True)(stand_in)
+    spaced = Spacing(pixdim=list(spacing), lazy=True)(oriented)
+    affine = np.asarray(spaced.peek_pending_affine(), dtype=np.float64)
+    shape = tuple(int(s) for s in spaced.peek_pending_shape())
+    if affine.shape != (nd + 1, nd + 1) or len(shape) != nd:
+        raise ValueError(f"unexpected preprocessed geometry {affine.shape} / {shape} for a {nd}D image")
+    return ModelGrid(affine, shape, axis_maps(np.asarray(image.affine, dtype=np.float64), affine))
+
+
+def _slowest_axis(x: torch.Tensor) -> int:
+    """The spatial axis of ``(C, *spatial)`` with the largest stride (slabs along it are contiguous)."""
+    strides = x.stride()[1:]
+    return int(np.argmax([s if n > 1 else -1 for s, n in zip(strides, x.shape[1:], strict=True)]))
+
+
+def _planes_per_chunk(x: torch.Tensor, axis: int) -> int:
+    plane = max(1, int(np.prod(x.shape[1:])) // max(1, x.shape[1 + axis]))
+    return max(1, CHUNK_VOXELS // plane)
+
+
+def foreground_projections(image: torch.Tensor, threshold: float) -> list[np.ndarray]:
+    """Per spatial axis, which planes hold a voxel where any channel exceeds ``threshold`` (slab by slab)."""
+    nd = image.ndim - 1
+    axis = _slowest_axis(image)
+    step = _planes_per_chunk(image, axis)
+    proj = [np.zeros(n, dtype=bool) for n in image.shape[1:]]
+    for a0 in range(0, image.shape[1 + axis], step):
+        idx = [slice(None)] * (nd + 1)
+        idx[1 + axis] = slice(a0, a0 + step)
+        mask = (image[tuple(idx)] > threshold).any(dim=0)
+        for d in range(nd):
+            others = tuple(e for e in range(nd) if e != d)
+            p = (mask.any(dim=others) if others else mask).cpu().numpy()
+            if d == axis:
+                proj[d][a0 : a0 + p.shape[0]] |= p
+            else:
+                proj[d] |= p
+    return proj
+
+
+def foreground_box(image: torch.Tensor, grid: ModelGrid, rule: CropRule) -> tuple[tuple[int, int], ...]:
+    """The crop box on the model grid of the raw ``(C, *spatial)`` study voxels ``image``.
+
+    Training takes the bounding box of the threshold mask after nearest-neighbour resampling, plus the margin.
+    Here a model plane counts as foreground when the study planes on either side of its coordinate hold
+    foreground, so the box contains the training box (and is at most one voxel larger per side). No voxel above
+    the threshold keeps the whole grid, as training does.
+    """
+    proj = foreground_projections(image, rule.threshold)
+    if not all(p.any() for p in proj):
+        logger.warning("no voxel above the foreground threshold %g; the whole image is segmented", rule.threshold)
+        return grid.whole
+    box = []
+    for d, mp in enumerate(grid.maps):
+        fg = np.flatnonzero(proj[mp.src_axis])
+        lo, hi = int(fg[0]), int(fg[-1])
+        u = mp.coords(np.arange(grid.shape[d]))
+        hit = np.flatnonzero((np.floor(u) <= hi) & (np.ceil(u) >= lo))
+        if hit.size == 0:
+            logger.warning("the foreground lies outside the model grid along axis %d; no crop", d)
+            return grid.whole
+        box.append((max(int(hit[0]) - rule.margin, 0), min(int(hit[-1]) + rule.margin + 1, grid.shape[d])))
+    return tuple(box)
+
+
+def _normalize_chunk(block: torch.Tensor, normalizers: Sequence[Normalizer] | None) -> torch.Tensor:
+    if normalizers is None:
+        return block.to(torch.float32)
+    return torch.stack([norm(block[c]) for c, norm in enumerate(normalizers)])
+
+
+def resample_box(
+    image: MetaTensor, normalizers: Sequence[Normalizer], grid: ModelGrid, box: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """Normalized, reoriented, resampled voxels ``(C, *box)`` of the model grid inside ``box``.
+
+    Equal (to float rounding) to the same box of :func:`medseg.data.preprocess.build_preprocess`'s output.
+    """
+    native = image.as_tensor()
+    if not all(isinstance(n, POINTWISE) for n in normalizers):  # statistics over the whole image, as in training
+        native = ChannelNormalize(list(normalizers))(native)
+        chunk_norm: Sequence[Normalizer] | None = None
+    else:
+        chunk_norm = normalizers
+    maps, nd = grid.maps, len(grid.shape)
+    sten = [
+        stencil(mp.coords(np.arange(box[d][0], box[d][1])), native.shape[1 + mp.src_axis]) for d, mp in enumerate(maps)
+    ]
+    out = torch.empty((native.shape[0], *(b1 - b0 for b0, b1 in box)), dtype=torch.float32)
+    # chunks along the model axis that reads the study axis with the largest stride (contiguous reads), sized by
+    # the study voxels one model plane reads
+    slow = _slowest_axis(native)
+    d_chunk = next(d for d, mp in enumerate(maps) if mp.src_axis == slow)
+    reads = [index_range(st) for st in sten]
+    per_plane = max(1.0, abs(maps[d_chunk].scale)) * float(
+        np.prod([b - a for d, (a, b) in enumerate(reads) if d != d_chunk])
+    )
+    step = max(1, int(CHUNK_VOXELS // per_plane))
+    for v0 in range(0, out.shape[1 + d_chunk], step):
+        v1 = min(v0 + step, out.shape[1 + d_chunk])
+        part = list(sten)
+        part[d_chunk] = Stencil(sten[d_chunk].lo[v0:v1], sten[d_chunk].hi[v0:v1], sten[d_chunk].weight[v0:v1])
+        ranges = [index_range(st) for st in part]  # per model axis, the study index range it reads
+        src: list[slice] = [slice(None)] * (nd + 1)
+        for d, mp in enumerate(maps):
+            src[1 + mp.src_axis] = slice(*ranges[d])
+        block = _normalize_chunk(native[tuple(src)], chunk_norm)
+        block = block.permute(0, *[1 + mp.src_axis for mp in maps])  # study axes -> model axis order
+        for d in range(nd):
+            block = lerp_axis(block, 1 + d, part[d].shifted(ranges[d][0]))
+        dst: list[slice] = [slice(None)] * (nd + 1)
+        dst[1 + d_chunk] = slice(v0, v1)
+        out[tuple(dst)] = block
+    return out
+
+
+def prepare(
+    image: MetaTensor,
+    normalizers: Sequence[Normalizer],
+    orientation: str,
+    spacing: Sequence[float],
+    crop: CropRule | None = None,
+) -> Prepared:
+    """Preprocess ``image`` (``(C, *spatial)`` MetaTensor) inside its foreground box (the whole grid without
+    ``crop``): equal, to float rounding, to the training preprocessing followed by the training crop."""
+    grid = model_grid(image, orientation, spacing)
+    box = foreground_box(image.as_tensor(), grid, crop) if crop is not None else grid.whole
+    return Prepared(resample_box(image, normalizers, grid, box), grid, box)
