@@ -1,32 +1,36 @@
 """Whole-study inference benchmark: medseg's Predictor against the equivalent hand-written MONAI pipeline.
 
-One 5-class synthetic CT (default 256x256x200 voxels of 1.0x1.0x1.5 mm; classes: background, liver, spleen,
-kidneys (left and right merged), vertebra) is segmented end to end, read NIfTI -> preprocess -> sliding window ->
-back to the original grid -> write the label NIfTI, by
+One 5-class synthetic CT (default 256x256x200 voxels of 1.0x1.0x1.5 mm, int16 NIfTI; classes background, liver,
+spleen, kidneys (left and right merged), vertebra) is segmented end to end: read NIfTI -> preprocess -> sliding
+window -> back to the original grid -> write the label NIfTI, by
 
-* **medseg**: ``load_model`` (once, not timed) then ``load_volume`` -> ``Predictor.predict`` -> ``save_label``;
+* **medseg**: ``load_model`` (once, not timed), then ``medseg.inference.segment.segment_file``
+  (``load_volume`` in the stored dtype -> ``Predictor.predict`` -> ``save_label``);
 * **MONAI**, written the way MONAI's tutorials do it (spleen segmentation tutorial, "Inference on Test Set"):
   ``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``ScaleIntensityRanged`` -> ``Orientationd`` -> ``Spacingd`` in a
   ``Dataset``/``DataLoader``, ``sliding_window_inference`` under ``torch.no_grad()``, then ``Invertd`` on the
   network output with ``nearest_interp=False`` -> ``AsDiscreted(argmax=True)`` -> ``SaveImaged``. Two deliberate
   differences from the tutorial, both to make the pipelines equivalent: the intensity window is applied on the
   native grid *before* resampling, as medseg's training preprocessing does, and labels are saved as uint8 (the
-  tutorial's default float32 would only make the MONAI side slower).
+  tutorial's default float32 would only make the MONAI side slower and its file larger).
 
-Both use the same network (a medseg UNet, features (8, 16, 32, 64), trained here for ``--train-seconds`` on CT
-phantoms at the model spacing 2.0x2.0x3.0 mm and cached as ``WORKDIR/model.pt``) and the same window settings:
-roi 64^3, overlap 0.5, Gaussian blending, sw_batch_size 2. The test study's spacing differs from the model's, so
-both pipelines resample. The model was trained with ``train.crop_foreground`` (raw HU > -500 plus a margin), so
-medseg segments only the body's box (nnU-Net's crop to the foreground); the MONAI pipeline, as listed, slides over
-the whole grid. The window counts are printed, so the share of the speed-up that comes from the crop is visible.
+Both use the same network and window settings: a medseg UNet, features (8, 16, 32, 64), no normalization layers,
+trained here for ``--train-seconds`` (one thread) on four CT phantoms at the model spacing 2.0x2.0x3.0 mm and cached
+as ``WORKDIR/model.pt``; roi 64^3, overlap 0.5, Gaussian blending, ``--sw-batch-size`` windows per call. The test
+study's spacing differs from the model's, so both pipelines resample. The model was trained with
+``train.crop_foreground`` (raw HU > -500 plus the margin), so medseg runs only the whole-grid windows that touch the
+body's box; the MONAI pipeline, as listed, slides over the whole grid. Both window counts are printed (for this
+phantom, whose body fills most of the field of view, they are equal: the crop saves nothing here).
 
-Each pipeline runs in its own fresh Python process (no inherited memory), alternately, ``--repeats`` times. A
-process reports its RSS after imports and model loading (baseline) and its peak RSS (``VmHWM``) at the end.
-Reported: median seconds, median peak RSS, baseline RSS and the increment, the ratios (goal: medseg >= 1.5x faster,
-peak RSS <= 0.5x), and per label the Dice between the two label maps (goal >= 0.999) and against the phantom's
-ground truth (to show the network makes meaningful predictions).
+Each pipeline runs in its own fresh Python process (no inherited memory), alternately, ``--repeats`` times, with
+``--threads`` torch threads each (default 1: on a machine shared with other jobs, OpenMP teams of several threads
+stall when a core is taken, which made timings swing several-fold). A process reports its RSS after imports and
+model loading (baseline: both import torch and MONAI) and its peak RSS (``VmHWM``) at the end. Reported: median
+seconds, median peak RSS, baseline and increment, the ratios (goal: medseg >= 1.5x faster, peak RSS <= 0.5x), and
+per label the Dice between the two label maps (goal >= 0.999) and against the phantom's ground truth (to show that
+the network makes meaningful predictions, without which "identical labels" would mean little).
 
-Usage: ``python benchmarks/infer.py [--workdir DIR] [--repeats 3] [--train-seconds 100] [--shape 256 256 200]``
+Usage: ``python benchmarks/infer.py [--workdir DIR] [--repeats 3] [--train-seconds 120] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 MODEL_SPACING = (2.0, 2.0, 3.0)
 ROI = (64, 64, 64)
-SW_BATCH = 2
+SW_BATCH = 2  # windows per network call (on this CPU, batches of 1 ran 2x slower per window)
 OVERLAP = 0.5
 CT_CENTER, CT_WIDTH = 100.0, 300.0  # [-50, 250] HU: fat and air at 0, organs apart, bone above kidneys
 LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "kidney", 4: "vertebra"}
@@ -103,7 +107,9 @@ def _training_case(seed: int, shape: tuple[int, ...]):
     return image[None], label[None]
 
 
-def train_model(path: Path, seconds: float, study_shape: tuple[int, ...], study_spacing: tuple[float, ...]) -> None:
+def train_model(
+    path: Path, seconds: float, study_shape: tuple[int, ...], study_spacing: tuple[float, ...]
+) -> None:
     """Train the benchmark UNet on CT phantoms at the model spacing for about ``seconds`` and save a checkpoint."""
     import torch
 
@@ -113,7 +119,9 @@ def train_model(path: Path, seconds: float, study_shape: tuple[int, ...], study_
     from medseg.training.run import build_model_spec
 
     config = build_config()
-    torch.set_num_threads(1)  # on a shared machine, one thread per process avoids OpenMP oversubscription stalls
+    torch.set_num_threads(
+        1
+    )  # on a shared machine, one thread per process avoids OpenMP oversubscription stalls
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     d = config.data
@@ -137,7 +145,10 @@ def train_model(path: Path, seconds: float, study_shape: tuple[int, ...], study_
                 centre = fg[int(rng.integers(len(fg)))].numpy()
             else:
                 centre = np.array([int(rng.integers(n)) for n in image.shape[1:]])
-            lo = [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, size, image.shape[1:], strict=True)]
+            lo = [
+                int(np.clip(c - s // 2, 0, n - s))
+                for c, s, n in zip(centre, size, image.shape[1:], strict=True)
+            ]
             sl = (slice(None), *(slice(a, a + s) for a, s in zip(lo, size, strict=True)))
             x, y = image[sl], label[sl]
             for ax in range(3):  # flips
@@ -157,30 +168,32 @@ def train_model(path: Path, seconds: float, study_shape: tuple[int, ...], study_
     print(f"trained {steps} steps in {time.perf_counter() - start:.0f} s, last loss {last:.3f}", flush=True)
     model.eval().to(memory_format=torch.contiguous_format)
     spec = build_model_spec(config, model)
-    save_checkpoint(path, Checkpoint(state_dict=model.state_dict(), spec=spec, epoch=steps, metrics={"loss": last}))
+    save_checkpoint(
+        path, Checkpoint(state_dict=model.state_dict(), spec=spec, epoch=steps, metrics={"loss": last})
+    )
 
 
 # ------------------------------------------------------------------------------------------------ pipelines
-def run_medseg(model: Path, image_path: Path, out: Path) -> dict:
-    from medseg.data.io import load_volume, save_label
+def run_medseg(model: Path, image_path: Path, out: Path, sw_batch: int) -> dict:
     from medseg.inference import load_model
+    from medseg.inference.segment import segment_file
 
-    predictor = load_model(model, device="cpu")
+    predictor = load_model(model, device="cpu", sw_batch_size=sw_batch)
     baseline = _status_mb("VmRSS")
-    start = time.perf_counter()
-    image = load_volume(image_path)
-    t_read = time.perf_counter()
-    label = predictor.predict(image)
-    t_pred = time.perf_counter()
-    save_label(label, out, reference=image)
-    end = time.perf_counter()
+    result = segment_file(predictor, image_path, out)
+    t = result.seconds
     return {
-        "seconds": end - start, "read_s": t_read - start, "predict_s": t_pred - t_read, "write_s": end - t_pred,
-        "windows": predictor.inferer.last_windows, "baseline_mb": baseline, "peak_mb": _status_mb("VmHWM"),
+        "seconds": sum(t.values()),
+        "read_s": t["read"],
+        "predict_s": t["predict"],
+        "write_s": t["write"],
+        "windows": predictor.inferer.last_windows,
+        "baseline_mb": baseline,
+        "peak_mb": _status_mb("VmHWM"),
     }
 
 
-def run_monai(model: Path, image_path: Path, out: Path) -> dict:
+def run_monai(model: Path, image_path: Path, out: Path, sw_batch: int) -> dict:
     import torch
     from monai.data import DataLoader, Dataset, decollate_batch
     from monai.inferers import sliding_window_inference
@@ -205,24 +218,37 @@ def run_monai(model: Path, image_path: Path, out: Path) -> dict:
     net = build_network(net_cfg.pop("name"), **net_cfg)
     net.load_state_dict(ckpt.state_dict)
     net.eval()
-    pre = Compose([
-        LoadImaged(keys="image"),
-        EnsureChannelFirstd(keys="image"),
-        ScaleIntensityRanged(
-            keys="image", a_min=CT_CENTER - CT_WIDTH / 2, a_max=CT_CENTER + CT_WIDTH / 2, b_min=0.0, b_max=1.0,
-            clip=True,
-        ),
-        Orientationd(keys="image", axcodes="RAS"),
-        Spacingd(keys="image", pixdim=MODEL_SPACING, mode="bilinear"),
-    ])
-    post = Compose([
-        Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
-        AsDiscreted(keys="pred", argmax=True),
-        SaveImaged(
-            keys="pred", output_dir=str(out.parent), output_postfix="", separate_folder=False, resample=False,
-            output_dtype=np.uint8, print_log=False,
-        ),
-    ])
+    pre = Compose(
+        [
+            LoadImaged(keys="image"),
+            EnsureChannelFirstd(keys="image"),
+            ScaleIntensityRanged(
+                keys="image",
+                a_min=CT_CENTER - CT_WIDTH / 2,
+                a_max=CT_CENTER + CT_WIDTH / 2,
+                b_min=0.0,
+                b_max=1.0,
+                clip=True,
+            ),
+            Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=MODEL_SPACING, mode="bilinear"),
+        ]
+    )
+    post = Compose(
+        [
+            Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+            AsDiscreted(keys="pred", argmax=True),
+            SaveImaged(
+                keys="pred",
+                output_dir=str(out.parent),
+                output_postfix="",
+                separate_folder=False,
+                resample=False,
+                output_dtype=np.uint8,
+                print_log=False,
+            ),
+        ]
+    )
     baseline = _status_mb("VmRSS")
     start = time.perf_counter()
     loader = DataLoader(Dataset([{"image": str(image_path)}], transform=pre), batch_size=1, num_workers=0)
@@ -230,7 +256,7 @@ def run_monai(model: Path, image_path: Path, out: Path) -> dict:
         for batch in loader:
             t_read = time.perf_counter()
             batch["pred"] = sliding_window_inference(
-                batch["image"], ROI, SW_BATCH, net, overlap=OVERLAP, mode="gaussian"
+                batch["image"], ROI, sw_batch, net, overlap=OVERLAP, mode="gaussian"
             )
             t_pred = time.perf_counter()
             [post(item) for item in decollate_batch(batch)]
@@ -238,27 +264,48 @@ def run_monai(model: Path, image_path: Path, out: Path) -> dict:
     shape = tuple(batch["image"].shape[2:])
     windows = int(np.prod([len(scan_starts(max(n, r), r, OVERLAP)) for n, r in zip(shape, ROI, strict=True)]))
     return {
-        "seconds": end - start, "read_s": t_read - start, "predict_s": t_pred - t_read, "write_s": end - t_pred,
-        "windows": windows, "baseline_mb": baseline, "peak_mb": _status_mb("VmHWM"),
+        "seconds": end - start,
+        "read_s": t_read - start,
+        "predict_s": t_pred - t_read,
+        "write_s": end - t_pred,
+        "windows": windows,
+        "baseline_mb": baseline,
+        "peak_mb": _status_mb("VmHWM"),
     }
 
 
-def child(which: str, model: Path, image_path: Path, out: Path, threads: int) -> None:
+def child(which: str, model: Path, image_path: Path, out: Path, threads: int, sw_batch: int) -> None:
     """Entry point of one measured run (a fresh process): print one JSON line."""
     import torch
 
     torch.set_num_threads(threads)
-    result = (run_medseg if which == "medseg" else run_monai)(model, image_path, out)
+    result = (run_medseg if which == "medseg" else run_monai)(model, image_path, out, sw_batch)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _spawn(which: str, model: Path, image_path: Path, out: Path, threads: int) -> dict:
-    cmd = [sys.executable, str(HERE), "--child", which, "--model", str(model), "--image", str(image_path),
-           "--out", str(out), "--threads", str(threads)]
+def _spawn(which: str, model: Path, image_path: Path, out: Path, threads: int, sw_batch: int) -> dict:
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--child",
+        which,
+        "--model",
+        str(model),
+        "--image",
+        str(image_path),
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+        "--sw-batch-size",
+        str(sw_batch),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{which} run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{which} run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
     return json.loads(lines[-1][len("RESULT ") :])
 
 
@@ -286,17 +333,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/medseg-bench-infer"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-seconds", type=float, default=100.0)
+    parser.add_argument("--train-seconds", type=float, default=120.0)
     parser.add_argument("--shape", type=int, nargs=3, default=(256, 256, 200))
     parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.5))
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each measured process")
+    parser.add_argument("--sw-batch-size", type=int, default=SW_BATCH, help="windows per network call (both)")
     parser.add_argument("--child", choices=["medseg", "monai"], help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.model, args.image, args.out, args.threads)
+        child(args.child, args.model, args.image, args.out, args.threads, args.sw_batch_size)
         return 0
 
     import nibabel as nib
@@ -323,31 +371,44 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         order = ["medseg", "monai"] if r % 2 == 0 else ["monai", "medseg"]
         for which in order:
-            res = _spawn(which, model, study, outs[which], args.threads)
+            res = _spawn(which, model, study, outs[which], args.threads, args.sw_batch_size)
             runs[which].append(res)
-            print(f"  run {r + 1} {which:6s} {res['seconds']:6.1f} s  peak {res['peak_mb']:6.0f} MB "
-                  f"(read {res['read_s']:.1f} s, infer {res['predict_s']:.1f} s, invert+write {res['write_s']:.1f} s)",
-                  flush=True)
+            print(
+                f"  run {r + 1} {which:6s} {res['seconds']:6.1f} s  peak {res['peak_mb']:6.0f} MB "
+                f"(read {res['read_s']:.1f} s, infer {res['predict_s']:.1f} s, invert+write {res['write_s']:.1f} s)",
+                flush=True,
+            )
 
     med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
     a = np.asarray(nib.load(str(outs["medseg"])).dataobj)
     b = np.asarray(nib.load(str(outs["monai"])).dataobj)
     gt = np.asarray(nib.load(str(truth)).dataobj)
-    print(f"\nstudy {shape} at {spacing} mm; model grid {MODEL_SPACING} mm, roi {ROI}, overlap {OVERLAP}, "
-          f"gaussian, sw_batch_size {SW_BATCH}; {args.threads} torch thread(s); {args.repeats} runs each, medians")
+    print(
+        f"\nstudy {shape} at {spacing} mm; model grid {MODEL_SPACING} mm, roi {ROI}, overlap {OVERLAP}, "
+        f"gaussian, sw_batch_size {args.sw_batch_size}; {args.threads} torch thread(s); {args.repeats} runs each, "
+        "medians"
+    )
     print(f"{'':8s} {'seconds':>8s} {'peak RSS':>9s} {'baseline':>9s} {'increment':>9s} {'windows':>8s}")
     for k in ("medseg", "monai"):
         m = med[k]
-        print(f"{k:8s} {m['seconds']:8.1f} {m['peak_mb']:8.0f}M {m['baseline_mb']:8.0f}M "
-              f"{m['peak_mb'] - m['baseline_mb']:8.0f}M {m['windows']:8.0f}")
+        print(
+            f"{k:8s} {m['seconds']:8.1f} {m['peak_mb']:8.0f}M {m['baseline_mb']:8.0f}M "
+            f"{m['peak_mb'] - m['baseline_mb']:8.0f}M {m['windows']:8.0f}"
+        )
     speed = med["monai"]["seconds"] / med["medseg"]["seconds"]
     rss = med["medseg"]["peak_mb"] / med["monai"]["peak_mb"]
-    inc = (med["medseg"]["peak_mb"] - med["medseg"]["baseline_mb"]) / (med["monai"]["peak_mb"] - med["monai"]["baseline_mb"])
+    inc = (med["medseg"]["peak_mb"] - med["medseg"]["baseline_mb"]) / (
+        med["monai"]["peak_mb"] - med["monai"]["baseline_mb"]
+    )
     agree = {name: dice(a, b, v) for v, name in LABELS.items() if v}
     vs_truth = {name: (dice(a, gt, v), dice(b, gt, v)) for v, name in LABELS.items() if v}
-    print(f"\nspeed-up (MONAI s / medseg s): {speed:.2f}x   goal >= 1.5x: {'PASS' if speed >= 1.5 else 'FAIL'}")
-    print(f"peak RSS medseg / MONAI: {rss:.2f}   goal <= 0.5: {'PASS' if rss <= 0.5 else 'FAIL'}"
-          f"   (increment over the baseline: {inc:.2f})")
+    print(
+        f"\nspeed-up (MONAI s / medseg s): {speed:.2f}x   goal >= 1.5x: {'PASS' if speed >= 1.5 else 'FAIL'}"
+    )
+    print(
+        f"peak RSS medseg / MONAI: {rss:.2f}   goal <= 0.5: {'PASS' if rss <= 0.5 else 'FAIL'}"
+        f"   (increment over the baseline: {inc:.2f})"
+    )
     print(f"voxels with different labels: {int((a != b).sum())} of {a.size}")
     print(f"{'label':10s} {'Dice medseg~MONAI':>18s} {'Dice medseg~truth':>18s} {'Dice MONAI~truth':>17s}")
     for name in agree:

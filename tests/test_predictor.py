@@ -53,7 +53,9 @@ def _phantom(shape=(30, 26, 20)) -> np.ndarray:
 def test_threshold_model_returns_label_on_input_grid(axcodes, rotation, tta):
     lab = _phantom()
     affine = make_affine(lab.shape, (0.9, 1.1, 2.0), axcodes=axcodes, rotation_deg=rotation)
-    image = MetaTensor(torch.as_tensor(LEVELS.numpy()[lab][None], dtype=torch.float32), affine=torch.as_tensor(affine))
+    image = MetaTensor(
+        torch.as_tensor(LEVELS.numpy()[lab][None], dtype=torch.float32), affine=torch.as_tensor(affine)
+    )
     pred = Predictor(ThresholdNet(), _spec(), device="cpu", tta=tta).predict(image)
     assert tuple(pred.shape) == (1, *lab.shape)
     assert torch.equal(pred.affine.double(), torch.as_tensor(affine))
@@ -85,7 +87,9 @@ class ThresholdNet2D(ThresholdNet):
 def test_2d_model_runs_slice_wise_on_volumes(slice_axis):
     lab = _phantom()
     affine = make_affine(lab.shape, (0.9, 1.1, 2.0), axcodes="LAS")
-    image = MetaTensor(torch.as_tensor(LEVELS.numpy()[lab][None], dtype=torch.float32), affine=torch.as_tensor(affine))
+    image = MetaTensor(
+        torch.as_tensor(LEVELS.numpy()[lab][None], dtype=torch.float32), affine=torch.as_tensor(affine)
+    )
     spec = _spec()
     spec.spatial_dims = 2
     spec.patch_size = [16, 16]
@@ -109,7 +113,9 @@ def _ct_like(shape=(40, 36, 22), corner=(8, 7, 4)) -> tuple[np.ndarray, np.ndarr
 
 def _crop_spec(spacing=(1.4, 1.3, 2.2), margin=2) -> ModelSpec:
     spec = _spec(spacing=list(spacing))
-    spec.config = {"train": {"crop_foreground": True, "foreground_threshold": -500.0, "foreground_margin": margin}}
+    spec.config = {
+        "train": {"crop_foreground": True, "foreground_threshold": -500.0, "foreground_margin": margin}
+    }
     return spec
 
 
@@ -128,7 +134,8 @@ def test_foreground_crop_gives_the_labels_of_the_whole_grid_with_fewer_windows(a
     assert cropped.inferer.last_windows <= whole.inferer.last_windows * 2 / 3
 
 
-def test_crop_keeps_the_whole_grid_result_inside_the_box_for_any_network():
+@pytest.mark.parametrize("overlap", [0.5, 0.0])
+def test_crop_keeps_the_whole_grid_result_inside_the_box_for_any_network(overlap):
     """Only windows touching the box run, so inside it even a window-dependent network gives the same labels."""
     from medseg.inference.prepare import foreground_box, model_grid
 
@@ -136,6 +143,7 @@ def test_crop_keeps_the_whole_grid_result_inside_the_box_for_any_network():
     affine = make_affine(image.shape, (1.0, 0.9, 1.6), axcodes="LAI")
     mt = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))
     spec = _crop_spec()
+    spec.inference["overlap"] = overlap
     net = SmoothNet().eval()
     a = Predictor(net, spec, device="cpu").predict(mt)[0].numpy()
     b = Predictor(net, spec, device="cpu", crop_foreground=False).predict(mt)[0].numpy()
@@ -152,6 +160,27 @@ def test_crop_keeps_the_whole_grid_result_inside_the_box_for_any_network():
     assert 0 < inside.sum() < inside.size / 2
     np.testing.assert_array_equal(a[inside], b[inside])
     assert (a[~inside] == 0).all() and (b[~inside] != 0).any()  # the network does predict labels in the air
+
+
+def test_windows_run_for_the_box_widened_by_the_reach_of_interpolation(monkeypatch):
+    """Study voxels at the box border interpolate the next model plane: it must get its whole-grid value too."""
+    from medseg.inference.prepare import foreground_box, model_grid
+
+    image, _ = _ct_like(shape=(70, 40, 40), corner=(40, 9, 20))
+    mt = MetaTensor(
+        torch.from_numpy(image)[None], affine=torch.as_tensor(make_affine(image.shape, (1.0, 0.9, 1.6)))
+    )
+    predictor = Predictor(ThresholdNet(), _crop_spec(), device="cpu")
+    regions = []
+    layout = predictor.inferer.layout
+    monkeypatch.setattr(
+        predictor.inferer, "layout", lambda shape, region: regions.append(region) or layout(shape, region)
+    )
+    predictor.predict(mt)
+    grid = model_grid(mt, "RAS", predictor.spec.spacing)
+    box = foreground_box(mt.as_tensor(), grid, predictor.crop)
+    expected = tuple((max(b0 - 1, 0), min(b1 + 1, n)) for (b0, b1), n in zip(box, grid.shape, strict=True))
+    assert regions == [expected] and expected != grid.whole
 
 
 def test_crop_requested_for_a_model_trained_without_it():
@@ -206,7 +235,9 @@ def test_probabilities_equal_softmax_of_monai_sliding_window():
     x = torch.randn(2, 1, 21, 37, 18) * 100
     probs = Predictor(net, _spec(), device="cpu").probabilities(x)
     with torch.no_grad():
-        expected = torch.softmax(sliding_window_inference(x, (16, 16, 16), 2, net, overlap=0.5, mode="gaussian"), 1)
+        expected = torch.softmax(
+            sliding_window_inference(x, (16, 16, 16), 2, net, overlap=0.5, mode="gaussian"), 1
+        )
     torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -256,13 +287,15 @@ def test_predict_never_allocates_a_full_volume_score_buffer(monkeypatch):
     monkeypatch.setattr(monai.inferers.inferer, "sliding_window_inference", refuse)
     monkeypatch.setattr(monai.transforms.Invertd, "__call__", refuse)
     image, lab = _ct_like(shape=(120, 40, 30), corner=(50, 9, 8))
-    mt = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(make_affine(image.shape, (1.0, 1.0, 1.0))))
+    mt = MetaTensor(
+        torch.from_numpy(image)[None], affine=torch.as_tensor(make_affine(image.shape, (1.0, 1.0, 1.0)))
+    )
     predictor = Predictor(ThresholdNet(), _crop_spec(spacing=(1.0, 1.0, 1.0), margin=0), device="cpu")
     pred = predictor.predict(mt)
     np.testing.assert_array_equal(pred[0].numpy(), lab)
     (k, *ring), weight_ring = predictor.inferer.last_allocations
     assert k == 4 and weight_ring == (1, *ring)
-    assert ring[0] <= 16 + 8  # along the slab axis: one window plus one step, of 120 planes
+    assert ring[0] == 16  # along the slab axis: one window deep, of 120 planes
     assert int(np.prod(ring)) * 4 <= 0.25 * (4 * 120 * 40 * 30)  # a fifth of the K-channel volume of the grid
 
 
@@ -281,6 +314,58 @@ def test_2d_model_on_2d_images():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_amp_matches_cpu_labels():
     image, lab = _ct_like()
-    mt = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(make_affine(image.shape, (1.0, 1.0, 1.0))))
+    mt = MetaTensor(
+        torch.from_numpy(image)[None], affine=torch.as_tensor(make_affine(image.shape, (1.0, 1.0, 1.0)))
+    )
     pred = Predictor(ThresholdNet(), _crop_spec(spacing=(1.0, 1.0, 1.0)), device="cuda", amp=True).predict(mt)
     np.testing.assert_array_equal(pred[0].numpy(), lab)
+
+
+def test_segment_file_reads_the_stored_dtype_and_writes_the_label_on_the_study_grid(tmp_path):
+    import nibabel as nib
+
+    from medseg.inference.segment import segment_file
+
+    image, lab = _ct_like(shape=(50, 40, 30), corner=(12, 9, 8))
+    affine = make_affine(image.shape, (1.0, 0.9, 1.6), axcodes="LPS")
+    src = tmp_path / "ct.nii.gz"
+    nii = nib.Nifti1Image(image.astype(np.int16), affine)
+    nii.header.set_slope_inter(1.0, 0.0)
+    nib.save(nii, str(src))
+    spec = _crop_spec()
+    spec.spacing = None  # the study's own grid: the threshold model then returns exactly the phantom's label
+    predictor = Predictor(ThresholdNet(), spec, device="cpu")
+    seen = []
+    original = predictor.predict
+    predictor.predict = lambda img: seen.append(img.dtype) or original(img)
+    result = segment_file(predictor, src, tmp_path / "out" / "label.nii.gz")
+    assert seen == [torch.int16]  # no float32 copy of the study
+    written = nib.load(str(result.output))
+    assert written.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), lab)
+    np.testing.assert_array_equal(result.label[0].numpy(), lab)
+    assert set(result.seconds) == {"read", "predict", "write"}
+
+
+def test_segment_file_refuses_multichannel_models(tmp_path):
+    from medseg.inference.segment import segment_file
+
+    spec = _spec()
+    spec.channels = [
+        {"name": "T1", "normalization": {"name": "none"}},
+        {"name": "T2", "normalization": {"name": "none"}},
+    ]
+    with pytest.raises(ValueError, match=r"expects 2 \['T1', 'T2'\]; use Predictor.predict_case"):
+        segment_file(
+            Predictor(ThresholdNet(), spec, device="cpu"), tmp_path / "x.nii.gz", tmp_path / "y.nii.gz"
+        )
+
+
+def test_channel_argmax_matches_torch_including_ties():
+    from medseg.inference.invert import channel_argmax
+
+    torch.manual_seed(0)
+    scores = torch.randint(0, 3, (5, 7, 6, 4)).float()  # many ties: the first maximum must win
+    np.testing.assert_array_equal(channel_argmax(scores).numpy(), scores.argmax(0).numpy())
+    assert channel_argmax(scores, torch.int16).dtype == torch.int16

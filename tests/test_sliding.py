@@ -23,7 +23,9 @@ from medseg.inference.sliding import (
 def _random_net(dims: int, out_channels: int = 3, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
-    return torch.nn.Sequential(conv(2, 4, 3, padding=1), torch.nn.Tanh(), conv(4, out_channels, 3, padding=1)).eval()
+    return torch.nn.Sequential(
+        conv(2, 4, 3, padding=1), torch.nn.Tanh(), conv(4, out_channels, 3, padding=1)
+    ).eval()
 
 
 @pytest.mark.parametrize(
@@ -37,7 +39,9 @@ def test_scan_starts_match_monai(size, roi, overlap):
 
 
 def test_layout_starts_sorted_along_the_slab_axis_and_complete():
-    layout = SlidingWindow(SlidingWindowConfig((8, 8, 8), 0.5, 2, "gaussian"), slab_axis=1).layout((20, 30, 11))
+    layout = SlidingWindow(SlidingWindowConfig((8, 8, 8), 0.5, 2, "gaussian"), slab_axis=1).layout(
+        (20, 30, 11)
+    )
     starts = layout.starts
     assert [s[1] for s in starts] == sorted(s[1] for s in starts)
     assert len(starts) == len(set(starts)) == layout.total == 4 * 7 * 2
@@ -85,7 +89,7 @@ def test_slabs_tile_the_image_in_order_and_buffers_stay_one_window_deep():
     sizes = [int(np.prod(a)) for a in sw.last_allocations]
     assert len(sizes) == 2  # the score ring and the weight ring, nothing else
     ring_planes = sw.last_allocations[0][1]
-    assert ring_planes <= 8 + 4  # one window plus the batch's spread (4 windows of the next layer start at +4)
+    assert ring_planes == 8  # one window deep, although batches of 4 windows span two layers
     assert max(sizes) <= full * ring_planes / 61
     assert max(s.stop - s.start for s in slabs) <= ring_planes
 
@@ -104,12 +108,17 @@ def test_layout_restricted_to_a_region_keeps_the_whole_grid_values_inside_it(axi
     with torch.no_grad():
         full = sw(x[None], net)[0]
         part = torch.cat(
-            [s.scores for s in sw.slabs(x[(slice(None), *(slice(a, b) for a, b in hull))], net, layout)],
+            [
+                s.scores.clone()
+                for s in sw.slabs(x[(slice(None), *(slice(a, b) for a, b in hull))], net, layout)
+            ],
             dim=1 + layout.axis,
         )
     assert part.shape[1:] == layout.hull_shape
     inner = tuple(slice(r0 - h0, r1 - h0) for (h0, _), (r0, r1) in zip(hull, region, strict=True))
-    torch.testing.assert_close(part[(slice(None), *inner)], full[(slice(None), *(slice(a, b) for a, b in region))])
+    torch.testing.assert_close(
+        part[(slice(None), *inner)], full[(slice(None), *(slice(a, b) for a, b in region))]
+    )
 
 
 def test_layout_of_a_grid_smaller_than_the_window_pads_like_monai():
@@ -120,8 +129,13 @@ def test_layout_of_a_grid_smaller_than_the_window_pads_like_monai():
     assert layout.before == (1, 0) and layout.padded == (8, 30) and layout.hull[0] == (0, 5)
     with torch.no_grad():
         expected = sliding_window_inference(x, (8, 8), 2, net, overlap=0.5, mode="gaussian")[0]
-        part = torch.cat([s.scores for s in sw.slabs(x[0][:, :, slice(*layout.hull[1])], net, layout)], 1 + layout.axis)
-    torch.testing.assert_close(part[:, 1:4, 10 - layout.hull[1][0] : 14 - layout.hull[1][0]], expected[:, 1:4, 10:14])
+        part = torch.cat(
+            [s.scores.clone() for s in sw.slabs(x[0][:, :, slice(*layout.hull[1])], net, layout)],
+            1 + layout.axis,
+        )
+    torch.testing.assert_close(
+        part[:, 1:4, 10 - layout.hull[1][0] : 14 - layout.hull[1][0]], expected[:, 1:4, 10:14]
+    )
 
 
 def test_layout_validation():
@@ -138,12 +152,26 @@ def net_identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def test_ring_capacity_covers_batches_spanning_layers():
-    starts = SlidingWindow(SlidingWindowConfig((8, 8), 0.5, 1, "gaussian"), slab_axis=0).layout((30, 8)).starts
+def test_ring_capacity_is_one_window_whatever_the_batch():
+    starts = (
+        SlidingWindow(SlidingWindowConfig((8, 8), 0.5, 1, "gaussian"), slab_axis=0).layout((30, 8)).starts
+    )
     assert [s[0] for s in starts] == [0, 4, 8, 12, 16, 20, 22]  # one window per layer
-    assert ring_capacity(starts, (8, 8), 0, batch=1, size=30) == 8
-    assert ring_capacity(starts, (8, 8), 0, batch=3, size=30) == 8 + 2 * 4
-    assert ring_capacity(starts, (8, 8), 0, batch=100, size=30) == 30
+    assert ring_capacity(starts, (8, 8), 0) == 8
+    assert ring_capacity([(0, 0), (0, 4), (3, 0), (3, 4)], (8, 8), 0) == 8
+    assert ring_capacity([(0, 0), (6, 0)], (2, 8), 0) == 2  # a gap between windows: nothing to keep
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7, 100])
+def test_batches_spanning_layers_still_use_a_one_window_ring(batch):
+    net = _random_net(3)
+    x = torch.randn(2, 30, 11, 9)
+    sw = SlidingWindow(SlidingWindowConfig((8, 8, 8), 0.5, batch, "gaussian"), slab_axis=0)
+    with torch.no_grad():
+        expected = sliding_window_inference(x[None], (8, 8, 8), batch, net, overlap=0.5, mode="gaussian")
+        ours = sw(x[None], net)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert sw.last_allocations[0][1] == 8
 
 
 def test_choose_slab_axis_prefers_the_longest_axis_relative_to_the_window():
@@ -169,7 +197,7 @@ def test_aggregator_wraps_around_the_ring():
     out = []
     for start in range(5):  # windows of 3 planes at 0..4 with weight 1 and value = start
         agg.add((start,), torch.full((1, 3), float(start)), torch.ones(1, 3))
-        out += [s.scores for s in agg.flush(start + 1 if start < 4 else 7)]
+        out += [s.scores.clone() for s in agg.flush(start + 1 if start < 4 else 7)]
     values = torch.cat(out, dim=1)[0]
     expected = [np.mean([s for s in range(5) if s <= p < s + 3]) for p in range(7)]
     np.testing.assert_allclose(values.numpy(), expected)

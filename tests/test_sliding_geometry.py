@@ -37,7 +37,9 @@ def _image(axcodes, rotation, spacing, shape=(29, 34, 21), seed=0):
 @pytest.mark.parametrize("normalizer", [CTWindow(40, 400), ZScore()])
 def test_prepare_equals_training_preprocessing(axcodes, rotation, spacing, normalizer):
     image = _image(axcodes, rotation, spacing)
-    expected = build_preprocess("image", None, TARGET, "RAS", normalizers=[normalizer])({"image": image})["image"]
+    expected = build_preprocess("image", None, TARGET, "RAS", normalizers=[normalizer])({"image": image})[
+        "image"
+    ]
     ours = prepare(image, [normalizer], "RAS", TARGET)
     assert ours.grid.shape == tuple(expected.shape[1:]) and ours.box == ours.grid.whole
     np.testing.assert_allclose(ours.grid.affine, np.asarray(expected.affine), atol=1e-9)
@@ -54,7 +56,9 @@ def test_prepare_reads_fortran_ordered_volumes_in_chunks(monkeypatch):
     expected = prepare(image, [CTWindow(40, 400)], "RAS", TARGET)
     ours = prepare(fortran, [CTWindow(40, 400)], "RAS", TARGET, crop=CropRule(-500.0, 2))
     b = ours.box
-    torch.testing.assert_close(ours.image, expected.image[:, b[0][0] : b[0][1], b[1][0] : b[1][1], b[2][0] : b[2][1]])
+    torch.testing.assert_close(
+        ours.image, expected.image[:, b[0][0] : b[0][1], b[1][0] : b[1][1], b[2][0] : b[2][1]]
+    )
 
 
 @pytest.mark.parametrize("axcodes,rotation,spacing", GRIDS)
@@ -86,7 +90,9 @@ def test_no_voxel_above_threshold_keeps_the_whole_grid(caplog):
 def test_crop_rule_from_training_config():
     assert crop_rule({}) is None
     assert crop_rule({"train": {"crop_foreground": False}}) is None
-    rule = crop_rule({"train": {"crop_foreground": True, "foreground_threshold": -500, "foreground_margin": 3}})
+    rule = crop_rule(
+        {"train": {"crop_foreground": True, "foreground_threshold": -500, "foreground_margin": 3}}
+    )
     assert rule == CropRule(-500.0, 3)
     with pytest.raises(ValueError, match="margin must be >= 0"):
         CropRule(0.0, -1)
@@ -98,7 +104,9 @@ def _stream(inverter: LabelInverter, scores: torch.Tensor, axis: int, sizes) -> 
         stop = min(start + n, scores.shape[1 + axis])
         idx = [slice(None)] * scores.ndim
         idx[1 + axis] = slice(start, stop)
-        inverter.add(Slab(axis, start, stop, scores[tuple(idx)]))
+        lent = scores[tuple(idx)].clone()
+        inverter.add(Slab(axis, start, stop, lent))
+        lent.fill_(float("nan"))  # slab buffers are only lent to the inverter
         start = stop
         if start == scores.shape[1 + axis]:
             break
@@ -121,7 +129,9 @@ def test_streamed_inversion_equals_invertd_on_logits_then_argmax(axcodes, rotati
     expected = inv.argmax(0)
     maps = axis_maps(np.asarray(pre.affine), np.asarray(image.affine))
     full_box = tuple((0, n) for n in pre.shape[1:])
-    ours = _stream(LabelInverter(image.shape[1:], maps, pre.shape[1:], full_box), smooth, axis, [3, 1, 5, 7, 100])
+    ours = _stream(
+        LabelInverter(image.shape[1:], maps, pre.shape[1:], full_box), smooth, axis, [3, 1, 5, 7, 100]
+    )
     assert ours.dtype == torch.uint8 and ours.shape == image.shape[1:]
     differ = (ours.long() != expected).sum().item()
     assert differ <= 2, f"{differ} voxels differ"  # float32 rounding of interpolation weights at near-ties
@@ -135,7 +145,9 @@ def test_inversion_outside_the_box_is_background_and_inside_matches_full():
     scores = torch.randn(3, *shape)
     scores[0] -= 10.0  # background never wins inside the box
     maps = axis_maps(affine, np.asarray(image.affine))
-    full = _stream(LabelInverter(image.shape[1:], maps, shape, tuple((0, n) for n in shape)), scores, 0, [4] * 50)
+    full = _stream(
+        LabelInverter(image.shape[1:], maps, shape, tuple((0, n) for n in shape)), scores, 0, [4] * 50
+    )
     box = ((3, shape[0] - 2), (2, shape[1] - 4), (1, shape[2] - 1))
     sub = scores[:, box[0][0] : box[0][1], box[1][0] : box[1][1], box[2][0] : box[2][1]]
     cropped = _stream(LabelInverter(image.shape[1:], maps, shape, box), sub, 1, [2] * 50)

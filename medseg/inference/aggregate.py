@@ -73,7 +73,9 @@ class SlabAggregator:
         self._sum = torch.zeros((channels, *ring), dtype=torch.float32, device=self.device)
         self._weight = torch.zeros((1, *ring), dtype=torch.float32, device=self.device)
         self.allocations += [tuple(self._sum.shape), tuple(self._weight.shape)]
-        logger.debug("slab aggregator: ring buffers %s and %s", tuple(self._sum.shape), tuple(self._weight.shape))
+        logger.debug(
+            "slab aggregator: ring buffers %s and %s", tuple(self._sum.shape), tuple(self._weight.shape)
+        )
 
     def _pieces(self, start: int, stop: int) -> Iterator[tuple[slice, slice]]:
         """(ring slice, slice relative to ``start``) pieces of planes ``[start, stop)``, split at the wrap."""
@@ -108,7 +110,10 @@ class SlabAggregator:
         self.end = max(self.end, a1)
 
     def flush(self, upto: int) -> Iterator[Slab]:
-        """Hand out planes ``[done, upto)`` as final (blended) slabs and clear their ring planes."""
+        """Hand out planes ``[done, upto)`` as final (blended) slabs and clear their ring planes.
+
+        A slab's ``scores`` is a view into the ring, valid until the iteration resumes: copy what you keep.
+        """
         upto = min(int(upto), self.shape[self.axis])
         if upto <= self.done:
             return
@@ -120,9 +125,9 @@ class SlabAggregator:
             weight = self._weight[tuple(idx)]
             if bool((weight <= 0).any()):
                 raise ValueError("a plane was finalized before every window covering it was added")
-            scores = self._sum[tuple(idx)] / weight
-            self._sum[tuple(idx)] = 0.0
-            self._weight[tuple(idx)] = 0.0
+            scores = self._sum[tuple(idx)].div_(weight)
             start = self.done
             self.done += ring.stop - ring.start
             yield Slab(self.axis, start, self.done, scores)
+            self._sum[tuple(idx)] = 0.0
+            self._weight[tuple(idx)] = 0.0

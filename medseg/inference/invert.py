@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LabelInverter", "channel_argmax", "label_dtype_for"]
 
-CHUNK_VOXELS = 1 << 22  # study voxels labelled at a time
+CHUNK_VOXELS = 1 << 20  # study voxels labelled at a time
 
 
 def label_dtype_for(num_classes: int) -> torch.dtype:
@@ -103,7 +103,7 @@ class LabelInverter:
         self.dtype = dtype
         self.label = torch.zeros(self.out_shape, dtype=dtype)
         nd = len(self.out_shape)
-        self.study_axis = [0] * nd  # preprocessed axis -> study axis
+        self.study_axis = [0] * nd  # model axis -> study axis
         for o, mp in enumerate(self.maps):
             self.study_axis[mp.src_axis] = o
         # per model axis: the study index range inside the box, and its stencil in hull coordinates
@@ -118,9 +118,9 @@ class LabelInverter:
             self.stencils.append(stencil(u[i0:i1], self.pre_shape[d], h0, h1 - 1).shifted(h0))
         self.band_voxels = 0
         self._axis: int | None = None
-        self._scores: torch.Tensor | None = None  # kept final planes: scores and their argmax
-        self._labels: torch.Tensor | None = None
-        self._kept_start = 0  # box coordinate of the first kept plane
+        self._parts: list[tuple[int, torch.Tensor]] = []  # (first plane, scores) of the final planes at hand
+        self._labels: torch.Tensor | None = None  # their argmax, from plane _kept_start on
+        self._kept_start = 0  # hull coordinate of the first kept plane
         self._next = 0  # study planes (in slab order) already written
 
     @property
@@ -129,20 +129,24 @@ class LabelInverter:
         return any(i1 <= i0 for i0, i1 in self.inside)
 
     def add(self, slab: Slab) -> None:
-        """Take the next final slab (planes ``[start, stop)`` along ``slab.axis``, hull coordinates)."""
+        """Take the next final slab (planes ``[start, stop)`` along ``slab.axis``, hull coordinates).
+
+        The slab's scores are only read during this call (they may be a view into a reused buffer); the one or
+        two planes still needed by later study planes are copied.
+        """
         if self._axis is None:
             self._axis = slab.axis
         elif slab.axis != self._axis:
             raise ValueError(f"slab along axis {slab.axis} after slabs along axis {self._axis}")
         a = slab.axis
         labels = channel_argmax(slab.scores, self.dtype)
-        if self._scores is None or self._labels is None:
-            self._scores, self._labels, self._kept_start = slab.scores, labels, slab.start
+        if self._labels is None:
+            self._labels, self._kept_start = labels, slab.start
         else:
-            if slab.start != self._kept_start + self._scores.shape[1 + a]:
+            if slab.start != self._kept_start + self._labels.shape[a]:
                 raise ValueError(f"slab [{slab.start}, {slab.stop}) does not follow the previous slabs")
-            self._scores = torch.cat([self._scores, slab.scores], dim=1 + a)
             self._labels = torch.cat([self._labels, labels], dim=a)
+        self._parts.append((slab.start, slab.scores))
         if not self.empty:
             self._emit_ready(slab.stop)
         self._drop_before(self._first_needed(slab.stop))
@@ -175,13 +179,20 @@ class LabelInverter:
         return int(min(st.lo[rest].min(), st.hi[rest].min()))
 
     def _drop_before(self, first: int) -> None:
+        """Forget planes before ``first``; copy the kept planes of the current slab (its buffer is only lent)."""
         a = self._axis
-        drop = min(first - self._kept_start, self._scores.shape[1 + a])
+        first = min(first, self._kept_start + self._labels.shape[a])
+        drop = first - self._kept_start
         if drop > 0:
-            n = self._scores.shape[1 + a] - drop
-            self._scores = self._scores.narrow(1 + a, drop, n)
-            self._labels = self._labels.narrow(a, drop, n)
-            self._kept_start += drop
+            self._labels = self._labels.narrow(a, drop, self._labels.shape[a] - drop)
+            self._kept_start = first
+        kept = []
+        for p0, t in self._parts:
+            n = t.shape[1 + a]
+            lo = max(first - p0, 0)
+            if lo < n:
+                kept.append((p0 + lo, t.narrow(1 + a, lo, n - lo).clone()))
+        self._parts = kept
 
     def _write(self, planes: np.ndarray) -> None:
         """Label study planes ``planes`` (ascending, contiguous positions in the inside range)."""
@@ -189,7 +200,8 @@ class LabelInverter:
         nd = len(self.out_shape)
         st = self.stencils[a]
         sub = [
-            Stencil(st.lo[planes], st.hi[planes], st.weight[planes]).shifted(self._kept_start) if d == a
+            Stencil(st.lo[planes], st.hi[planes], st.weight[planes]).shifted(self._kept_start)
+            if d == a
             else self.stencils[d]
             for d in range(nd)
         ]
@@ -214,8 +226,12 @@ class LabelInverter:
         pos = band.cpu().numpy()
         lo = [torch.as_tensor(sub[d].lo[pos[:, d]], device=band.device) for d in range(nd)]
         hi = [torch.as_tensor(sub[d].hi[pos[:, d]], device=band.device) for d in range(nd)]
-        w = [torch.as_tensor(sub[d].weight[pos[:, d]], dtype=torch.float32, device=band.device) for d in range(nd)]
-        out = torch.zeros((self._scores.shape[0], band.shape[0]), dtype=torch.float32, device=band.device)
+        w = [
+            torch.as_tensor(sub[d].weight[pos[:, d]], dtype=torch.float32, device=band.device)
+            for d in range(nd)
+        ]
+        channels = self._parts[0][1].shape[0]
+        out = torch.zeros((channels, band.shape[0]), dtype=torch.float32, device=band.device)
         for corner in range(2**nd):
             weight = torch.ones(band.shape[0], dtype=torch.float32, device=band.device)
             index = []
@@ -223,7 +239,20 @@ class LabelInverter:
                 upper = corner >> d & 1
                 weight = weight * (w[d] if upper else 1.0 - w[d])
                 index.append(hi[d] if upper else lo[d])
-            out += self._scores[(slice(None), *index)] * weight
+            out += self._gather(index, channels) * weight
+        return out
+
+    def _gather(self, index: list[torch.Tensor], channels: int) -> torch.Tensor:
+        """``(K, n)`` scores at model voxels ``index`` (slab-axis positions relative to the first kept plane)."""
+        a = self._axis
+        plane = index[a] + self._kept_start
+        out = torch.empty((channels, plane.shape[0]), dtype=torch.float32, device=plane.device)
+        for p0, t in self._parts:
+            sel = (plane >= p0) & (plane < p0 + t.shape[1 + a])
+            if bool(sel.any()):
+                sub = [ix[sel] for ix in index]
+                sub[a] = plane[sel] - p0
+                out[:, sel] = t[(slice(None), *sub)]
         return out
 
     def result(self) -> torch.Tensor:

@@ -125,9 +125,7 @@ class Predictor:
             sw_batch_size=int(sw_batch_size if sw_batch_size is not None else inf.get("sw_batch_size", 4)),
             mode=inf.get("mode", "gaussian"),
         )
-        self.inferer = SlidingWindow(
-            self.window_config, slab_axis=self.slice_axis, device=self.device
-        )
+        self.inferer = SlidingWindow(self.window_config, slab_axis=self.slice_axis, device=self.device)
         self.amp = (self.device.type == "cuda") if amp is None else (amp and self.device.type == "cuda")
         rule = crop_rule(spec.config)
         self.crop: CropRule | None = rule if crop_foreground is None or crop_foreground else None
@@ -142,7 +140,9 @@ class Predictor:
         self._preprocess = None
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint | str | os.PathLike, device: str | torch.device = "auto", **kw: Any) -> Predictor:
+    def from_checkpoint(
+        cls, ckpt: Checkpoint | str | os.PathLike, device: str | torch.device = "auto", **kw: Any
+    ) -> Predictor:
         """Rebuild the network from the checkpoint's spec and load its weights."""
         from medseg.nets import build_network
 
@@ -178,8 +178,12 @@ class Predictor:
 
         if self._preprocess is None or self.spec.spacing is None:
             self._preprocess = build_preprocess(
-                "image", None, self.target_spacing(image), orientation=self.spec.orientation[: image.ndim - 1],
-                normalizers=self.normalizers, channel_names=self.spec.channel_names,
+                "image",
+                None,
+                self.target_spacing(image),
+                orientation=self.spec.orientation[: image.ndim - 1],
+                normalizers=self.normalizers,
+                channel_names=self.spec.channel_names,
             )
         return self._preprocess
 
@@ -249,8 +253,12 @@ class Predictor:
             image.shape[1:], maps, grid.shape, layout.hull, box, label_dtype_for(self.spec.num_classes)
         )
         logger.debug(
-            "segmenting %s on the model grid %s: box %s, %d of %d windows", tuple(image.shape[1:]), grid.shape,
-            box, len(layout.starts), layout.total,
+            "segmenting %s on the model grid %s: box %s, %d of %d windows",
+            tuple(image.shape[1:]),
+            grid.shape,
+            box,
+            len(layout.starts),
+            layout.total,
         )
         for slab in self.inferer.slabs(pre.to(self.device), self.window_scores, layout):
             inverter.add(slab)
@@ -264,7 +272,8 @@ class Predictor:
 
         channels = [ChannelConfig(**c) for c in self.spec.channels]
         image = assemble_channels(
-            {k: Path(v) for k, v in sources.items()}, channels,
+            {k: Path(v) for k, v in sources.items()},
+            channels,
             resample=bool(self.spec.config.get("data", {}).get("resample_channels", False)),
             spatial_dims=self.file_dims,
         )

@@ -1,18 +1,16 @@
-"""Preprocessing for inference: the training preprocessing of a study, computed only inside the foreground box.
+"""Preprocessing for inference: the training preprocessing of a study, computed only where the windows need it.
 
 Training (:mod:`medseg.training.transforms`) normalizes each channel on the native grid, reorients, resamples to the
 model spacing (bilinear, border padding) and, with ``train.crop_foreground``, crops to the bounding box of the voxels
-where any *raw* channel exceeds ``train.foreground_threshold``, plus ``train.foreground_margin`` voxels.
-:func:`prepare` produces the same preprocessed voxels, but
+where any *raw* channel exceeds ``train.foreground_threshold``, plus ``train.foreground_margin`` voxels. Here
 
-* takes the target grid (shape and affine) from MONAI's own ``Orientation``/``Spacing`` run lazily, so it is exactly
-  the training grid, without touching voxels;
-* finds the foreground box from per-axis projections of the threshold mask, computed slab by slab;
-* normalizes and resamples (separably, :mod:`medseg.inference.resample`) only the native voxels the box needs, a
-  chunk at a time. Point-wise normalizers (CT window, none) run per chunk; normalizers with image statistics
-  (z-score, percentiles) run once on the whole native image first, as in training.
-
-The result is the ``(C, *box)`` float32 image plus the geometry needed to bring predictions back.
+* :func:`model_grid` takes the target grid (shape and affine) from MONAI's own ``Orientation``/``Spacing`` run
+  lazily, so it is exactly the training grid, without touching voxels;
+* :func:`foreground_box` finds the crop box from per-axis projections of the threshold mask, computed slab by slab;
+* :func:`resample_box` normalizes and resamples (separably, :mod:`medseg.inference.resample`) only the voxels of a
+  box of the model grid, a chunk at a time. Point-wise normalizers (CT window, none) run per chunk, on the stored
+  dtype; normalizers with image statistics (z-score, percentiles) run once on the whole native image first, exactly
+  as in training.
 """
 
 from __future__ import annotations
@@ -31,10 +29,19 @@ from medseg.inference.resample import AxisMap, Stencil, axis_maps, index_range, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CropRule", "ModelGrid", "Prepared", "crop_rule", "foreground_box", "model_grid", "prepare", "resample_box"]
+__all__ = [
+    "CropRule",
+    "ModelGrid",
+    "Prepared",
+    "crop_rule",
+    "foreground_box",
+    "model_grid",
+    "prepare",
+    "resample_box",
+]
 
 POINTWISE = (CTWindow, NoNormalization)
-CHUNK_VOXELS = 1 << 20  # study voxels per channel read, normalized and resampled at a time
+CHUNK_VOXELS = 1 << 18  # study voxels per channel read, normalized and resampled at a time
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,9 @@ def foreground_box(image: torch.Tensor, grid: ModelGrid, rule: CropRule) -> tupl
     """
     proj = foreground_projections(image, rule.threshold)
     if not all(p.any() for p in proj):
-        logger.warning("no voxel above the foreground threshold %g; the whole image is segmented", rule.threshold)
+        logger.warning(
+            "no voxel above the foreground threshold %g; the whole image is segmented", rule.threshold
+        )
         return grid.whole
     box = []
     for d, mp in enumerate(grid.maps):
@@ -186,14 +195,17 @@ def resample_box(
     Equal (to float rounding) to the same box of :func:`medseg.data.preprocess.build_preprocess`'s output.
     """
     native = image.as_tensor()
-    if not all(isinstance(n, POINTWISE) for n in normalizers):  # statistics over the whole image, as in training
+    if not all(
+        isinstance(n, POINTWISE) for n in normalizers
+    ):  # statistics over the whole image, as in training
         native = ChannelNormalize(list(normalizers))(native)
         chunk_norm: Sequence[Normalizer] | None = None
     else:
         chunk_norm = normalizers
     maps, nd = grid.maps, len(grid.shape)
     sten = [
-        stencil(mp.coords(np.arange(box[d][0], box[d][1])), native.shape[1 + mp.src_axis]) for d, mp in enumerate(maps)
+        stencil(mp.coords(np.arange(box[d][0], box[d][1])), native.shape[1 + mp.src_axis])
+        for d, mp in enumerate(maps)
     ]
     out = torch.empty((native.shape[0], *(b1 - b0 for b0, b1 in box)), dtype=torch.float32)
     # chunks along the model axis that reads the study axis with the largest stride (contiguous reads), sized by

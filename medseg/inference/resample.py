@@ -9,13 +9,21 @@ Coordinates outside the source are clamped to its border, as MONAI's ``padding_m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["AxisMap", "Stencil", "axis_maps", "lerp_axis", "stencil"]
+__all__ = [
+    "AxisMap",
+    "Stencil",
+    "axis_maps",
+    "contiguous_range",
+    "index_range",
+    "lerp_axis",
+    "nearest_inside",
+    "stencil",
+]
 
 #: relative size below which an off-axis term of the index map counts as rounding noise
 AXIS_TOL = 1e-6
@@ -34,7 +42,9 @@ class AxisMap:
         return self.scale * np.asarray(indices, dtype=np.float64) + self.offset
 
 
-def axis_maps(src_affine: np.ndarray | torch.Tensor, dst_affine: np.ndarray | torch.Tensor) -> tuple[AxisMap, ...]:
+def axis_maps(
+    src_affine: np.ndarray | torch.Tensor, dst_affine: np.ndarray | torch.Tensor
+) -> tuple[AxisMap, ...]:
     """Per destination axis, the source axis and the linear index map from ``dst`` voxels to ``src`` voxels.
 
     Raises:
@@ -125,8 +135,3 @@ def contiguous_range(mask: np.ndarray) -> tuple[int, int]:
     if idx.size == 0:
         return 0, 0
     return int(idx[0]), int(idx[-1]) + 1
-
-
-def permutation(maps: Sequence[AxisMap]) -> list[int]:
-    """For each destination axis, its source axis."""
-    return [mp.src_axis for mp in maps]

@@ -66,14 +66,24 @@ class SlidingWindowConfig:
 
 
 def make_inferer(
-    roi_size: Sequence[int], overlap: float = 0.5, sw_batch_size: int = 4, mode: str = "gaussian",
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    mode: str = "gaussian",
     device: torch.device | str | None = None,
 ) -> SlidingWindowInferer:
     """A MONAI sliding-window inferer with Gaussian blending (validated settings)."""
     cfg = SlidingWindowConfig(tuple(int(s) for s in roi_size), float(overlap), int(sw_batch_size), mode)
     return SlidingWindowInferer(
-        roi_size=cfg.roi_size, overlap=cfg.overlap, sw_batch_size=cfg.sw_batch_size, mode=cfg.mode,
-        sigma_scale=SIGMA_SCALE, padding_mode="constant", cval=0.0, device=device, progress=False,
+        roi_size=cfg.roi_size,
+        overlap=cfg.overlap,
+        sw_batch_size=cfg.sw_batch_size,
+        mode=cfg.mode,
+        sigma_scale=SIGMA_SCALE,
+        padding_mode="constant",
+        cval=0.0,
+        device=device,
+        progress=False,
     )
 
 
@@ -96,19 +106,17 @@ def scan_starts(size: int, roi: int, overlap: float) -> list[int]:
     return starts
 
 
-def ring_capacity(starts: Sequence[Sequence[int]], roi: Sequence[int], axis: int, batch: int, size: int) -> int:
-    """Planes the ring buffer needs along ``axis`` when windows (sorted along it) are added ``batch`` at a time.
+def ring_capacity(starts: Sequence[Sequence[int]], roi: Sequence[int], axis: int) -> int:
+    """Planes the ring buffer needs along ``axis`` when windows (sorted along it) are added one after another.
 
-    After each batch, planes before the next window's start are finalized; the ring must hold everything from
-    the last finalized plane to the furthest window end added so far.
+    Before a window is added, the planes before its start are finalized; the ring must hold everything from there
+    to the furthest window end added so far.
     """
-    need, done, end = 1, 0, 0
-    for i in range(0, len(starts), batch):
-        chunk = starts[i : i + batch]
-        end = max(end, max(int(s[axis]) for s in chunk) + int(roi[axis]))
-        need = max(need, end - done)
-        done = int(starts[i + batch][axis]) if i + batch < len(starts) else size
-    return min(need, size)
+    need, end = 1, 0
+    for st in starts:
+        end = max(end, int(st[axis]) + int(roi[axis]))
+        need = max(need, end - int(st[axis]))
+    return need
 
 
 def choose_slab_axis(shape: Sequence[int], roi: Sequence[int]) -> int:
@@ -167,7 +175,11 @@ class SlidingWindow:
     """
 
     def __init__(
-        self, config: SlidingWindowConfig, *, slab_axis: int | None = None, device: torch.device | str | None = None
+        self,
+        config: SlidingWindowConfig,
+        *,
+        slab_axis: int | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         self.config = config
         self.slab_axis = slab_axis
@@ -201,8 +213,12 @@ class SlidingWindow:
         axis = choose_slab_axis(padded, roi) if self.slab_axis is None else int(self.slab_axis)
         if not 0 <= axis < len(shape):
             raise ValueError(f"slab_axis {axis} is not an axis of a {len(shape)}D grid")
-        region = tuple((0, n) for n in shape) if region is None else tuple((int(a), int(b)) for a, b in region)
-        if len(region) != len(shape) or any(not 0 <= a < b <= n for (a, b), n in zip(region, shape, strict=True)):
+        region = (
+            tuple((0, n) for n in shape) if region is None else tuple((int(a), int(b)) for a, b in region)
+        )
+        if len(region) != len(shape) or any(
+            not 0 <= a < b <= n for (a, b), n in zip(region, shape, strict=True)
+        ):
             raise ValueError(f"region {region} is not a non-empty box inside the grid {shape}")
         per_axis, total, hull = [], 1, []
         for d in range(len(shape)):
@@ -229,11 +245,14 @@ class SlidingWindow:
             layout: from :meth:`layout`; default: every window of ``image``'s grid.
 
         Slabs come in increasing order along :attr:`Slab.axis`, in hull coordinates, and together tile the hull.
+        Their scores are views into the blending buffer, valid until the iteration resumes: copy what you keep.
         """
         if layout is None:
             layout = self.layout(image.shape[1:])
         if tuple(image.shape[1:]) != layout.hull_shape:
-            raise ValueError(f"image of spatial shape {tuple(image.shape[1:])} for a hull of {layout.hull_shape}")
+            raise ValueError(
+                f"image of spatial shape {tuple(image.shape[1:])} for a hull of {layout.hull_shape}"
+            )
         roi, axis, nd = layout.roi, layout.axis, len(layout.roi)
         device = self.device or image.device
         # the padded span of the selected windows, and where the image sits in it
@@ -247,13 +266,16 @@ class SlidingWindow:
             image = F.pad(image, pads, mode="constant", value=0.0)
         starts = [tuple(st[d] - lo[d] for d in range(nd)) for st in layout.starts]
         batch = self.config.sw_batch_size
-        agg = SlabAggregator(span, axis, ring_capacity(starts, roi, axis, batch, span[axis]), device)
+        agg = SlabAggregator(span, axis, ring_capacity(starts, roi, axis), device)
         weight = self.importance(roi, device)
         self.last_windows = len(starts)
         for i in range(0, len(starts), batch):
             chunk = starts[i : i + batch]
             windows = torch.stack(
-                [image[(slice(None), *(slice(s, s + r) for s, r in zip(st, roi, strict=True)))] for st in chunk]
+                [
+                    image[(slice(None), *(slice(s, s + r) for s, r in zip(st, roi, strict=True)))]
+                    for st in chunk
+                ]
             ).to(device)
             with torch.no_grad():
                 out = predict(windows)
@@ -263,13 +285,14 @@ class SlidingWindow:
                     f"expected ({len(chunk)}, K, {', '.join(map(str, roi))})"
                 )
             out = out.to(device=device, dtype=torch.float32)
-            for st, o in zip(chunk, out, strict=True):
+            for j, (st, o) in enumerate(zip(chunk, out, strict=True)):
+                # planes before the next window's start are final (a batch may span two layers of windows)
+                upto = starts[i + j + 1][axis] if i + j + 1 < len(starts) else span[axis]
                 agg.add(st, o.mul_(weight), weight)
-            upto = starts[i + batch][axis] if i + batch < len(starts) else span[axis]
-            for slab in agg.flush(upto):
-                cropped = _crop(slab, offset, layout.hull_shape)
-                if cropped is not None:
-                    yield cropped
+                for slab in agg.flush(upto):
+                    cropped = _crop(slab, offset, layout.hull_shape)
+                    if cropped is not None:
+                        yield cropped
         self.last_allocations = list(agg.allocations)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -279,7 +302,8 @@ class SlidingWindow:
             for slab in self.slabs(inputs[b], network):
                 if out is None:
                     out = torch.empty(
-                        (inputs.shape[0], slab.scores.shape[0], *inputs.shape[2:]), dtype=torch.float32,
+                        (inputs.shape[0], slab.scores.shape[0], *inputs.shape[2:]),
+                        dtype=torch.float32,
                         device=slab.scores.device,
                     )
                 idx = [slice(None)] * (inputs.ndim - 2)
@@ -293,8 +317,11 @@ class SlidingWindow:
 def _crop(slab: Slab, offset: Sequence[int], shape: Sequence[int]) -> Slab | None:
     """The part of a slab of the padded span that lies in the image (at ``offset``), in image coordinates."""
     a = slab.axis
-    if not any(offset) and all(n == s for d, (n, s) in enumerate(zip(slab.scores.shape[1:], shape, strict=True))
-                               if d != a) and slab.stop <= shape[a]:
+    if (
+        not any(offset)
+        and all(n == s for d, (n, s) in enumerate(zip(slab.scores.shape[1:], shape, strict=True)) if d != a)
+        and slab.stop <= shape[a]
+    ):
         return slab
     lo = max(slab.start, offset[a])
     hi = min(slab.stop, offset[a] + shape[a])
