@@ -4,7 +4,7 @@ Typical use::
 
     from medseg.batch import segment_archive
     summary = segment_archive("archive/", "results/", "models:/liver@champion")
-    print(summary.table())
+    table = summary.table()  # DONE / QUARANTINED / FAILED counts
 """
 
 from __future__ import annotations
