@@ -138,11 +138,32 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the model's)")
     p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: the model's)")
+    p.add_argument("--largest-component", type=int, nargs="*", default=None, metavar="LABEL",
+                   help="keep only the largest connected component of these labels (no value: of every label); "
+                   "default: the model's setting")
+    p.add_argument("--min-volume-mm3", type=float, default=None, metavar="MM3",
+                   help="remove objects smaller than this volume in mm^3 (0: none); default: the model's setting")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="no postprocessing, whatever the model's settings")
     p.add_argument("--formats", type=_formats, default=SEGMENT_FORMATS,
                    help="outputs, e.g. nifti,seg,report,qc (default all)")
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy (default 1)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ and runs:/ URIs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def postprocess_arg(args: argparse.Namespace) -> bool | dict[str, object] | None:
+    """The ``postprocess`` argument of :func:`medseg.batch.segment_archive` from the command line's options."""
+    if args.no_postprocess:
+        if args.largest_component is not None or args.min_volume_mm3 is not None:
+            raise ValueError("--no-postprocess cannot be combined with --largest-component or --min-volume-mm3")
+        return False
+    settings: dict[str, object] = {}
+    if args.largest_component is not None:
+        settings["largest_component"] = list(args.largest_component) or True
+    if args.min_volume_mm3 is not None:
+        settings["min_volume_mm3"] = args.min_volume_mm3
+    return settings or None
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -151,7 +172,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     try:
         summary = segment_archive(
             args.input, args.output, args.model, device=args.device, tta=args.tta, overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size, formats=args.formats, workers=args.workers,
+            sw_batch_size=args.sw_batch_size, postprocess=postprocess_arg(args), formats=args.formats,
+            workers=args.workers,
             tracking_uri=args.tracking_uri, progress=not args.no_progress,
         )
     except KeyboardInterrupt:

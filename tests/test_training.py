@@ -64,7 +64,13 @@ def test_checkpoint_describes_itself_and_reloads(trained):
     assert spec.patch_size == [16, 16, 8]
     assert spec.network["name"] == "unet" and spec.network["features"] == [4, 8, 16]
     assert (spec.network["in_channels"], spec.network["out_channels"]) == (3, 2)
-    assert spec.inference == {"overlap": 0.5, "sw_batch_size": 2, "mode": "gaussian", "slice_axis": None}
+    assert spec.inference == {
+        "overlap": 0.5,
+        "sw_batch_size": 2,
+        "mode": "gaussian",
+        "slice_axis": None,
+        "postprocess": {"largest_component": False, "min_volume_mm3": None, "connectivity": None},
+    }
     assert spec.medseg_version == __version__
     assert spec.config["train"]["epochs"] == 2 and spec.config["datalist"]["path"] is None
     assert ckpt.epoch == result.best_epoch and ckpt.optimizer is None

@@ -38,6 +38,14 @@ def _overlap(inferer: Any) -> float | list[float] | None:
     return [float(v) for v in value]
 
 
+def _postprocess(predictor: Any) -> dict[str, Any] | None:
+    """The predictor's postprocessing settings, None when it has none (so older fingerprints stay valid)."""
+    post = getattr(predictor, "postprocess", None)
+    if post is None or getattr(post, "is_identity", True):
+        return None
+    return post.to_config()
+
+
 def batch_provenance(predictor: Any) -> dict[str, Any]:
     """Provenance of a :class:`~medseg.inference.Predictor` for every case report of a run.
 
@@ -60,6 +68,7 @@ def batch_provenance(predictor: Any) -> dict[str, Any]:
         config_hash=config_hash(spec.config),
         tta=bool(getattr(predictor, "tta", False)),
         overlap=_overlap(getattr(predictor, "inferer", None)),
+        postprocess=_postprocess(predictor),
     )
     return info
 
@@ -68,5 +77,5 @@ def run_fingerprint(provenance: dict[str, Any]) -> str:
     """sha256 of what decides the label values: weights, spec and result-changing settings."""
     from medseg.outputs.report import canonical_json
 
-    keys = ("state_dict_sha256", "spec_sha256", "tta", "overlap")
+    keys = ("state_dict_sha256", "spec_sha256", "tta", "overlap", "postprocess")
     return hashlib.sha256(canonical_json({k: provenance.get(k) for k in keys}).encode("utf-8")).hexdigest()

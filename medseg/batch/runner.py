@@ -23,7 +23,7 @@ import datetime as _dt
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +70,17 @@ def _check_paths(input_path: Path, output: Path) -> None:
 
 
 def _check_model(
-    model: Any, *, workers: int, tta: bool, overlap: float | None, sw_batch_size: int | None
+    model: Any,
+    *,
+    workers: int,
+    tta: bool,
+    overlap: float | None,
+    sw_batch_size: int | None,
+    postprocess: bool | Mapping[str, Any] | None,
 ) -> None:
     if isinstance(model, str | os.PathLike):
+        if postprocess is not None and not isinstance(postprocess, bool | Mapping):
+            raise ConfigError(f"postprocess must be None, true/false or a mapping, got {postprocess!r}")
         return
     if not hasattr(model, "predict") or not hasattr(model, "spec"):
         raise ConfigError(
@@ -82,9 +90,9 @@ def _check_model(
         raise ConfigError(
             "workers > 1 needs a model URI or checkpoint path (each worker loads its own model)"
         )
-    if tta or overlap is not None or sw_batch_size is not None:
+    if tta or overlap is not None or sw_batch_size is not None or postprocess is not None:
         raise ConfigError(
-            "tta/overlap/sw_batch_size apply when loading a model; set them on the Predictor instead"
+            "tta/overlap/sw_batch_size/postprocess apply when loading a model; set them on the Predictor instead"
         )
 
 
@@ -95,6 +103,7 @@ def _predictor(
     tta: bool,
     overlap: float | None,
     sw_batch_size: int | None,
+    postprocess: bool | Mapping[str, Any] | None,
     tracking_uri: str | None,
     workers: int,
 ) -> tuple[Any, Any]:
@@ -103,9 +112,10 @@ def _predictor(
 
     if not isinstance(model, str | os.PathLike):
         return model, None
-    source = ModelSource(str(model), str(device), tracking_uri, bool(tta), overlap, sw_batch_size)
+    pp = dict(postprocess) if isinstance(postprocess, Mapping) else postprocess
+    source = ModelSource(str(model), str(device), tracking_uri, bool(tta), overlap, sw_batch_size, pp)
     if workers > 1:  # the parent only needs the spec and the weights' hash
-        cpu = ModelSource(str(model), "cpu", tracking_uri, bool(tta), overlap, sw_batch_size)
+        cpu = ModelSource(str(model), "cpu", tracking_uri, bool(tta), overlap, sw_batch_size, pp)
         return cpu.load(), source
     return source.load(), None
 
@@ -172,6 +182,7 @@ def segment_archive(
     tta: bool = False,
     overlap: float | None = None,
     sw_batch_size: int | None = None,
+    postprocess: bool | Mapping[str, Any] | None = None,
     formats: Sequence[str] = DEFAULT_FORMATS,
     workers: int = 1,
     tracking_uri: str | None = None,
@@ -187,6 +198,9 @@ def segment_archive(
             :class:`~medseg.inference.Predictor`.
         device: ``"auto"``, ``"cpu"`` or ``"cuda:N"`` (when loading from a URI).
         tta, overlap, sw_batch_size: inference settings (when loading from a URI).
+        postprocess: label clean-up (when loading from a URI): None for the model's own settings, False for none,
+            a mapping to replace some of the model's settings (``largest_component``, ``min_volume_mm3``,
+            ``connectivity``).
         formats: outputs per case, any of ``("nifti", "seg", "report", "qc")``.
         workers: processes, each with its own copy of the model (needs a URI / path).
         tracking_uri: MLflow tracking URI for ``models:/`` and ``runs:/`` URIs.
@@ -206,7 +220,9 @@ def segment_archive(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     fmt = _check_formats(formats)
-    _check_model(model, workers=workers, tta=tta, overlap=overlap, sw_batch_size=sw_batch_size)
+    _check_model(
+        model, workers=workers, tta=tta, overlap=overlap, sw_batch_size=sw_batch_size, postprocess=postprocess
+    )
     if not input_path.exists():
         raise InputError(ReasonCode.FILE_NOT_FOUND, None, "the batch input does not exist")
     _check_paths(input_path, out)
@@ -222,6 +238,7 @@ def segment_archive(
                 tta=tta,
                 overlap=overlap,
                 sw_batch_size=sw_batch_size,
+                postprocess=postprocess,
                 tracking_uri=tracking_uri,
                 workers=workers,
             )
@@ -230,7 +247,7 @@ def segment_archive(
                 ledger,
                 "model_fingerprint",
                 run_fingerprint(provenance),
-                "model or inference settings (tta, overlap)",
+                "model or inference settings (tta, overlap, postprocess)",
             )
             found = discover(input_path, predictor.spec.channels, key, exclude=[out])
             job = _Job(found, predictor, source, out, key, provenance, fmt, workers, progress, start)

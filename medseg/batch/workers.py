@@ -38,6 +38,7 @@ class ModelSource:
     tta: bool
     overlap: float | None
     sw_batch_size: int | None
+    postprocess: bool | dict[str, Any] | None = None
 
     def load(self) -> Any:
         from medseg.inference import load_model
@@ -49,6 +50,7 @@ class ModelSource:
             tta=self.tta,
             overlap=self.overlap,
             sw_batch_size=self.sw_batch_size,
+            postprocess=self.postprocess,
         )
 
 

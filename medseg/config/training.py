@@ -245,12 +245,54 @@ class AugmentationConfig:
 
 
 @dataclass(frozen=True)
+class PostprocessConfig:
+    """Clean-up of predicted label maps, applied on the study's own grid (see :mod:`medseg.inference.postprocess`).
+
+    ``largest_component``: true (every label), false, or the label values to reduce to their largest connected
+    component. ``min_volume_mm3``: remove objects below this volume, one number for every label or
+    ``{label: mm^3}``; null or 0 disables it. ``connectivity``: 1 (faces) .. number of axes (full, the default).
+    """
+
+    largest_component: bool | list[int] = False
+    min_volume_mm3: float | dict[int, float] | None = None
+    connectivity: int | None = None
+
+    def __post_init__(self) -> None:
+        from medseg.inference.postprocess import Postprocess
+
+        Postprocess.from_config(self.to_mapping(), "inference.postprocess")
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The plain-data form stored in a model's spec (``ModelSpec.inference["postprocess"]``)."""
+        return {
+            "largest_component": (
+                list(self.largest_component)
+                if isinstance(self.largest_component, list)
+                else self.largest_component
+            ),
+            "min_volume_mm3": (
+                dict(self.min_volume_mm3) if isinstance(self.min_volume_mm3, dict) else self.min_volume_mm3
+            ),
+            "connectivity": self.connectivity,
+        }
+
+    def label_values(self) -> set[int]:
+        """The label values the settings name (for the check against ``data.labels``)."""
+        values = set(self.largest_component) if isinstance(self.largest_component, list) else set()
+        if isinstance(self.min_volume_mm3, dict):
+            values |= set(self.min_volume_mm3)
+        return values
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
-    """Sliding-window settings for validation and inference (the window is ``train.patch_size``)."""
+    """Sliding-window settings for validation and inference (the window is ``train.patch_size``), and the
+    postprocessing of predicted label maps."""
 
     overlap: float = 0.5
     sw_batch_size: int = 4
     mode: Literal["gaussian", "constant"] = "gaussian"
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -265,6 +307,16 @@ def check_consistency(config: Any) -> None:
     if len(config.train.patch_size) != dims:
         raise ConfigError(
             f"train.patch_size: expected {dims} sizes for data.spatial_dims={dims}, got {list(config.train.patch_size)}"
+        )
+    unknown = sorted(config.inference.postprocess.label_values() - set(config.data.labels))
+    if unknown:
+        raise ConfigError(
+            f"inference.postprocess: label value(s) {unknown} are not in data.labels {sorted(config.data.labels)}"
+        )
+    if config.inference.postprocess.connectivity not in (None, *range(1, dims + 1)):
+        raise ConfigError(
+            f"inference.postprocess.connectivity: must be 1..{dims} for data.spatial_dims={dims} (or null), got "
+            f"{config.inference.postprocess.connectivity}"
         )
     axes = config.augmentation.flip_axes
     if axes is not None and any(not 0 <= a < dims for a in axes):

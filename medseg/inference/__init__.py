@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from medseg.inference.loading import ModelNotFoundError, load_model
+from medseg.inference.postprocess import Postprocess, Postprocessd
 from medseg.inference.predictor import Predictor, resolve_device
-from medseg.inference.sliding import SlidingWindowConfig, make_inferer
+from medseg.inference.segment import Segmentation, segment_file
+from medseg.inference.sliding import SlidingWindow, SlidingWindowConfig, make_inferer
 
-__all__ = ["ModelNotFoundError", "Predictor", "SlidingWindowConfig", "load_model", "make_inferer", "resolve_device"]
+__all__ = [
+    "ModelNotFoundError",
+    "Postprocess",
+    "Postprocessd",
+    "Predictor",
+    "Segmentation",
+    "SlidingWindow",
+    "SlidingWindowConfig",
+    "load_model",
+    "make_inferer",
+    "resolve_device",
+    "segment_file",
+]
 
 
 def load_checkpoint_predictor(path, device="auto", **kwargs) -> Predictor:

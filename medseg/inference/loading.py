@@ -36,7 +36,8 @@ def load_model(
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda:N"``.
         tracking_uri: the MLflow tracking URI for ``models:/`` and ``runs:/`` URIs.
         cache_dir: where MLflow artifacts are downloaded (a temp folder when None).
-        predictor_kwargs: passed to :class:`Predictor` (``tta``, ``overlap``, ``sw_batch_size``, ``amp``).
+        predictor_kwargs: passed to :class:`Predictor` (``tta``, ``overlap``, ``sw_batch_size``, ``amp``,
+            ``crop_foreground``, ``channels_last``, ``postprocess``).
 
     Raises:
         ModelNotFoundError: the URI is of no known form or names nothing.

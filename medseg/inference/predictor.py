@@ -17,6 +17,8 @@ How a study is segmented (memory stays about one window-deep slab, never a full 
 3. :class:`medseg.inference.invert.LabelInverter`: each study voxel gets the argmax of the blended logits linearly
    interpolated at its position (what ``Invertd(nearest_interp=False)`` + ``AsDiscrete(argmax=True)`` gives),
    slab by slab, stored as ``uint8``.
+4. :class:`medseg.inference.postprocess.Postprocess`: the model's clean-up (small objects below a volume in mm^3
+   removed, largest connected component per label), on the study grid with the study's voxel size.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import torch
 from monai.data import MetaTensor
 
 from medseg.checkpoint import Checkpoint, ModelSpec, load_checkpoint
+from medseg.errors import ConfigError
 from medseg.inference.invert import LabelInverter, label_dtype_for
+from medseg.inference.postprocess import Postprocess
 from medseg.inference.prepare import CropRule, crop_rule, foreground_box, model_grid, resample_box
 from medseg.inference.resample import axis_maps
 from medseg.inference.sliding import SlidingWindow, SlidingWindowConfig
@@ -80,6 +84,24 @@ def channels_last_exact(network: torch.nn.Module) -> bool:
     return not any(isinstance(m, inexact) for m in network.modules())
 
 
+def resolve_postprocess(
+    spec: ModelSpec, postprocess: bool | Mapping[str, Any] | Postprocess | None = None
+) -> Postprocess:
+    """The postprocessing a predictor applies (see :class:`Predictor`'s ``postprocess`` argument)."""
+    if isinstance(postprocess, Postprocess):
+        return postprocess
+    if postprocess is False:
+        return Postprocess()
+    model_settings = dict(spec.inference.get("postprocess") or {})
+    if postprocess is None or postprocess is True:
+        return Postprocess.from_config(model_settings, "model spec inference.postprocess")
+    if not isinstance(postprocess, Mapping):
+        raise ConfigError(
+            f"postprocess must be None, True, False, a mapping or a Postprocess, got {type(postprocess).__name__}"
+        )
+    return Postprocess.from_config({**model_settings, **postprocess}, "postprocess")
+
+
 class Predictor:
     """Runs a network on whole studies with the preprocessing of its :class:`ModelSpec`.
 
@@ -95,6 +117,10 @@ class Predictor:
             ``spec.config["train"]["crop_foreground"]``); False segments the whole grid.
         channels_last: run 3D networks in channels-last memory format (default: on CPU, where it is faster, unless
             the network has group/instance normalization, see :func:`channels_last_exact`).
+        postprocess: clean-up of the label map on the study grid (largest component, small-object removal):
+            None or True: the model's own settings (``spec.inference["postprocess"]``, none for older models);
+            False: none; a mapping: the model's settings with these keys replaced (keys of
+            :class:`~medseg.inference.postprocess.Postprocess`); a ``Postprocess``: exactly that.
     """
 
     def __init__(
@@ -109,6 +135,7 @@ class Predictor:
         amp: bool | None = None,
         crop_foreground: bool | None = None,
         channels_last: bool | None = None,
+        postprocess: bool | Mapping[str, Any] | Postprocess | None = None,
     ) -> None:
         self.spec = spec
         self.device = resolve_device(device)
@@ -136,6 +163,7 @@ class Predictor:
         self.channels_last = bool(channels_last) and spec.spatial_dims == 3
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
+        self.postprocess = resolve_postprocess(spec, postprocess)
         self._normalizers: list[Any] | None = None
         self._preprocess = None
 
@@ -262,8 +290,8 @@ class Predictor:
         )
         for slab in self.inferer.slabs(pre.to(self.device), self.window_scores, layout):
             inverter.add(slab)
-        label = inverter.result().unsqueeze(0)
-        return MetaTensor(label, meta={**image.meta, "affine": image.affine.clone()})
+        label = MetaTensor(inverter.result().unsqueeze(0), meta={**image.meta, "affine": image.affine.clone()})
+        return self.postprocess(label)
 
     def predict_case(self, sources: Mapping[str, str | os.PathLike]) -> tuple[MetaTensor, MetaTensor]:
         """Assemble the spec's channels from files / DICOM folders, then :meth:`predict`."""
