@@ -86,6 +86,8 @@ def build_config():
             f"inference.overlap={OVERLAP}",
             f"inference.sw_batch_size={SW_BATCH}",
             "inference.mode=gaussian",
+            "inference.postprocess.largest_component=false",  # the MONAI pipeline has no postprocessing
+            "inference.postprocess.min_volume_mm3=null",
             f"data.channels=[{{name: CT, normalization: {{name: ct_window, center: {CT_CENTER}, width: {CT_WIDTH}}}}}]",
         ],
     )
@@ -178,7 +180,8 @@ def run_medseg(model: Path, image_path: Path, out: Path, sw_batch: int) -> dict:
     from medseg.inference import load_model
     from medseg.inference.segment import segment_file
 
-    predictor = load_model(model, device="cpu", sw_batch_size=sw_batch)
+    # no postprocessing, like the MONAI pipeline (also for a model.pt cached by an older run)
+    predictor = load_model(model, device="cpu", sw_batch_size=sw_batch, postprocess=False)
     baseline = _status_mb("VmRSS")
     result = segment_file(predictor, image_path, out)
     t = result.seconds

@@ -20,23 +20,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import add_timing_arguments, parse_timing_arguments, time_pair
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from medseg.nets import UNet, UNetPlusPlus
 
+QUICK_REPEATS = 3
+
 
 def _first(out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def count_gflop(model: nn.Module, x: torch.Tensor) -> float:
@@ -70,25 +67,6 @@ def train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Calla
     return run
 
 
-def time_pair(
-    steps: tuple[Callable[[], None], Callable[[], None]], warmup: int, repeats: int, device: torch.device
-) -> tuple[list[float], list[float]]:
-    """Seconds of every timed run of the two steps, run alternately after ``warmup`` untimed rounds."""
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    _sync(device)
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for step, bucket in zip(steps, times, strict=True):
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            bucket.append(time.perf_counter() - start)
-    return times
-
-
 def build_pairs(features: tuple[int, ...]) -> list[tuple[str, nn.Module, str, nn.Module]]:
     from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
 
@@ -115,24 +93,12 @@ def build_pairs(features: tuple[int, ...]) -> list[tuple[str, nn.Module, str, nn
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=96, help="edge of the cubic patch (default 96)")
-    parser.add_argument("--quick", action="store_true", help="64^3 patch, 1 warm-up, 3 repeats")
+    add_timing_arguments(parser, repeats=5, quick_repeats=QUICK_REPEATS)
     parser.add_argument("--features", type=int, nargs=5, default=[16, 32, 64, 128, 256], metavar="F")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--channels-last", action="store_true", help="channels_last_3d memory format for all nets"
     )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.size, args.warmup, args.repeats = 64, 1, 3
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = parse_timing_arguments(parser, argv, quick_repeats=QUICK_REPEATS)
     features = tuple(args.features)
     memory_format = torch.channels_last_3d if args.channels_last else torch.contiguous_format
 

@@ -10,7 +10,7 @@ For each network family, on one cubic patch (default 96^3, batch 1, 1 input chan
 * ``full``: medseg's real training step, :meth:`medseg.training.Trainer.train_step`, with the demo config's loss
   (Dice + CE + boundary, with distance maps), deep supervision setting and gradient clipping.
 
-Steps are timed in alternating pairs (``benchmarks/nets.py: time_pair``) so load changes hit both alike; the
+Steps are timed in alternating pairs (``benchmarks/_timing.py: time_pair``) so load changes hit both alike; the
 table gives the median and the fastest of ``--repeats`` runs after ``--warmup``.
 
 Usage: ``python benchmarks/train.py [--quick] [--size 96] [--repeats 3] [--threads N] [--config configs/demo.yaml]``
@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nets import build_pairs, time_pair  # noqa: E402  (benchmarks/nets.py)
+from _timing import add_timing_arguments, parse_timing_arguments, time_pair  # noqa: E402
+from nets import build_pairs  # noqa: E402  (benchmarks/nets.py)
 from nets import train_step as bare_step  # noqa: E402
 
 from medseg.config import load_config  # noqa: E402
@@ -38,6 +39,7 @@ from medseg.training import Trainer  # noqa: E402
 from medseg.training.optim import build_optimizer, build_poly_schedule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+QUICK_REPEATS = 2
 
 
 def five_levels(features: tuple[int, ...]) -> tuple[int, ...]:
@@ -89,21 +91,9 @@ def _row(name: str, times: list[float], ref: float | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=96, help="edge of the cubic patch (default 96)")
-    parser.add_argument("--quick", action="store_true", help="64^3 patch, 1 warm-up, 2 repeats")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
+    add_timing_arguments(parser, repeats=3, quick_repeats=QUICK_REPEATS)
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.size, args.warmup, args.repeats = 64, 1, 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = parse_timing_arguments(parser, argv, quick_repeats=QUICK_REPEATS)
     config = load_config(args.config)
     demo = tuple(config.network.features)
     deep = five_levels(demo)

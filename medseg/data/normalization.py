@@ -163,6 +163,13 @@ class CTWindow(Normalizer):
         return {"center": self.center, "width": self.width, "out_range": self.out_range}
 
 
+def _selection(x: torch.Tensor, mask: torch.Tensor | None, nonzero: bool) -> torch.Tensor | None:
+    """The voxels the statistics come from: ``mask``, restricted to non-zero voxels if ``nonzero`` (None: all)."""
+    if not nonzero:
+        return mask
+    return (x != 0) if mask is None else (mask & (x != 0))
+
+
 def _zscore(x: torch.Tensor, sel: torch.Tensor | None, eps: float) -> torch.Tensor:
     """``(x - mean) / max(std, eps)`` with population statistics over ``sel`` (all voxels if None).
 
@@ -205,10 +212,7 @@ class ZScore(Normalizer):
         self.eps = float(eps)
 
     def _apply(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        sel = mask
-        if self.nonzero:
-            sel = (x != 0) if sel is None else (sel & (x != 0))
-        return _zscore(x, sel, self.eps)
+        return _zscore(x, _selection(x, mask, self.nonzero), self.eps)
 
     def params(self) -> dict[str, Any]:
         return {"nonzero": self.nonzero, "eps": self.eps}
@@ -256,9 +260,7 @@ class PercentileClip(Normalizer):
         self.eps = float(eps)
 
     def _apply(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        sel = mask
-        if self.nonzero:
-            sel = (x != 0) if sel is None else (sel & (x != 0))
+        sel = _selection(x, mask, self.nonzero)
         values = x.reshape(-1) if sel is None else x[sel]
         if values.numel() == 0:
             logger.warning("percentile_clip: the mask selects no voxels; channel left unnormalized")

@@ -408,3 +408,84 @@ def check_unet_options(
     check_flag("residual", residual)
     check_flag("deep_supervision", deep_supervision)
     return checked
+
+
+class UNetFamily(nn.Module):
+    """Common set-up of the UNet-shaped networks (:class:`medseg.nets.UNet`, :class:`medseg.nets.UNetPlusPlus`).
+
+    The constructor checks the shared options (:func:`check_unet_options`, then :class:`LayerFactory`), sets the
+    attributes ``spatial_dims``, ``in_channels``, ``out_channels``, ``depth`` (``len(features) - 1``),
+    ``size_multiple`` (``2**depth``) and ``deep_supervision``, records the options for :attr:`config`, builds the
+    encoder (:func:`encoder_stages`) and finally calls :meth:`_build_decoder`, where a subclass adds its decoder and
+    output heads. Subclasses set ``registry_name``. The arguments are documented on :class:`medseg.nets.UNet`.
+    """
+
+    registry_name: str = ""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (32, 64, 128, 256, 512),
+        *,
+        norm: str = "instance",
+        activation: str = "leakyrelu",
+        dropout: float = 0.0,
+        upsample: str = "deconv",
+        downsample: str = "maxpool",
+        residual: bool = False,
+        deep_supervision: bool = False,
+    ) -> None:
+        super().__init__()
+        features = check_unet_options(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            features,
+            upsample,
+            downsample,
+            residual,
+            deep_supervision,
+        )
+        factory = LayerFactory(spatial_dims, norm=norm, activation=activation, dropout=dropout)
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.depth = len(features) - 1
+        self.size_multiple = 2**self.depth
+        self.deep_supervision = deep_supervision
+        self._config: dict[str, Any] = {
+            "name": self.registry_name,
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "features": list(features),
+            "norm": norm,
+            "activation": activation,
+            "dropout": float(dropout),
+            "upsample": upsample,
+            "downsample": downsample,
+            "residual": residual,
+            "deep_supervision": deep_supervision,
+        }
+
+        self.encoder = encoder_stages(factory, in_channels, features, downsample, residual)
+        self._build_decoder(factory, features, upsample, residual)
+
+    def _build_decoder(
+        self, factory: LayerFactory, features: tuple[int, ...], upsample: str, residual: bool
+    ) -> None:
+        """Add the decoder and output heads (called once, at the end of ``__init__``, after the encoder)."""
+        raise NotImplementedError
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments plus ``name``: ``medseg.nets.build_network(**net.config)`` rebuilds the net."""
+        return {key: list(value) if isinstance(value, list) else value for key, value in self._config.items()}
+
+    def _check_and_pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Check the input's shape (:func:`check_input`), then :func:`pad_to_multiple` of ``size_multiple``."""
+        check_input(x, self.spatial_dims, self.in_channels)
+        return pad_to_multiple(x, self.size_multiple)

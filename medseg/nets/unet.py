@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from medseg.nets.blocks import (
-    LayerFactory,
-    UpConcat,
-    check_input,
-    check_unet_options,
-    crop_padding,
-    encoder_stages,
-    pad_to_multiple,
-)
+from medseg.nets.blocks import LayerFactory, UNetFamily, UpConcat, crop_padding
 
 logger = logging.getLogger(__name__)
 
 
-class UNet(nn.Module):
+class UNet(UNetFamily):
     """UNet (Ronneberger et al. 2015) for ``spatial_dims`` = 2 or 3.
 
     Encoder: ``len(features)`` levels of two 3x3 convolutions; between levels a 2x2 max pooling (or a stride-2 first
@@ -35,6 +25,9 @@ class UNet(nn.Module):
     :attr:`size_multiple` (``2**depth``, ``depth = len(features) - 1``) and the outputs are cropped back. (Torch's
     own limit: in training, instance/batch norm refuse a single value per channel, i.e. batch 1 with an input of at
     most ``2**depth`` voxels along every axis.)
+
+    The constructor (option checks, attributes, :attr:`config`, encoder) is :class:`medseg.nets.blocks.UNetFamily`'s,
+    shared with UNet++; this class adds the decoder and the heads.
 
     Args:
         spatial_dims: 2 or 3.
@@ -60,77 +53,26 @@ class UNet(nn.Module):
 
     registry_name = "unet"
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        features: Sequence[int] = (32, 64, 128, 256, 512),
-        *,
-        norm: str = "instance",
-        activation: str = "leakyrelu",
-        dropout: float = 0.0,
-        upsample: str = "deconv",
-        downsample: str = "maxpool",
-        residual: bool = False,
-        deep_supervision: bool = False,
+    def _build_decoder(
+        self, factory: LayerFactory, features: tuple[int, ...], upsample: str, residual: bool
     ) -> None:
-        super().__init__()
-        features = check_unet_options(
-            spatial_dims,
-            in_channels,
-            out_channels,
-            features,
-            upsample,
-            downsample,
-            residual,
-            deep_supervision,
-        )
-        factory = LayerFactory(spatial_dims, norm=norm, activation=activation, dropout=dropout)
-
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.depth = len(features) - 1
-        self.size_multiple = 2**self.depth
-        self.deep_supervision = deep_supervision
-        self._config: dict[str, Any] = {
-            "name": self.registry_name,
-            "spatial_dims": spatial_dims,
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "features": list(features),
-            "norm": norm,
-            "activation": activation,
-            "dropout": float(dropout),
-            "upsample": upsample,
-            "downsample": downsample,
-            "residual": residual,
-            "deep_supervision": deep_supervision,
-        }
-
-        self.encoder = encoder_stages(factory, in_channels, features, downsample, residual)
         # decoder[k] brings level depth-k up to level depth-k-1
         self.decoder = nn.ModuleList(
             UpConcat(factory, features[level + 1], features[level], features[level], upsample, residual)
             for level in reversed(range(self.depth))
         )
-        self.head = factory.head(features[0], out_channels)
+        self.head = factory.head(features[0], self.out_channels)
         # aux_heads[level - 1] predicts from decoder level `level` (1..depth-1)
         self.aux_heads = nn.ModuleList(
-            factory.head(features[level], out_channels) for level in range(1, self.depth) if deep_supervision
+            factory.head(features[level], self.out_channels)
+            for level in range(1, self.depth)
+            if self.deep_supervision
         )
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments plus ``name``: ``medseg.nets.build_network(**net.config)`` rebuilds the net."""
-        return {key: list(value) if isinstance(value, list) else value for key, value in self._config.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits (B, out_channels, *spatial) for ``x`` (B, in_channels, *spatial); a list with deep supervision
         in training mode (see the class docstring)."""
-        check_input(x, self.spatial_dims, self.in_channels)
-        x, pads = pad_to_multiple(x, self.size_multiple)
+        x, pads = self._check_and_pad(x)
         skips: list[torch.Tensor] = []
         for stage in self.encoder[:-1]:
             x = stage(x)

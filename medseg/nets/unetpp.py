@@ -10,20 +10,12 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.nets.blocks import (
-    LayerFactory,
-    UpConcat,
-    check_input,
-    check_unet_options,
-    crop_padding,
-    encoder_stages,
-    pad_to_multiple,
-)
+from medseg.nets.blocks import LayerFactory, UNetFamily, UpConcat, crop_padding
 
 logger = logging.getLogger(__name__)
 
 
-class UNetPlusPlus(nn.Module):
+class UNetPlusPlus(UNetFamily):
     """UNet++ for ``spatial_dims`` = 2 or 3, built from the same blocks as :class:`medseg.nets.UNet`.
 
     Nodes: ``X(i, 0)`` is encoder level ``i`` (same encoder as the UNet). For ``j >= 1``,
@@ -73,42 +65,24 @@ class UNetPlusPlus(nn.Module):
         deep_supervision: bool = False,
         prune_depth: int | None = None,
     ) -> None:
-        super().__init__()
-        features = check_unet_options(
+        super().__init__(
             spatial_dims,
             in_channels,
             out_channels,
             features,
-            upsample,
-            downsample,
-            residual,
-            deep_supervision,
+            norm=norm,
+            activation=activation,
+            dropout=dropout,
+            upsample=upsample,
+            downsample=downsample,
+            residual=residual,
+            deep_supervision=deep_supervision,
         )
-        factory = LayerFactory(spatial_dims, norm=norm, activation=activation, dropout=dropout)
-
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.depth = len(features) - 1
-        self.size_multiple = 2**self.depth
-        self.deep_supervision = deep_supervision
         self.prune_depth = prune_depth  # validated by the property setter
-        self._config: dict[str, Any] = {
-            "name": self.registry_name,
-            "spatial_dims": spatial_dims,
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "features": list(features),
-            "norm": norm,
-            "activation": activation,
-            "dropout": float(dropout),
-            "upsample": upsample,
-            "downsample": downsample,
-            "residual": residual,
-            "deep_supervision": deep_supervision,
-        }
 
-        self.encoder = encoder_stages(factory, in_channels, features, downsample, residual)
+    def _build_decoder(
+        self, factory: LayerFactory, features: tuple[int, ...], upsample: str, residual: bool
+    ) -> None:
         # nodes[i][j - 1] computes X(i, j): j skips of features[i] channels plus the upsampled X(i+1, j-1)
         self.nodes = nn.ModuleList(
             nn.ModuleList(
@@ -118,8 +92,8 @@ class UNetPlusPlus(nn.Module):
             for i in range(self.depth)
         )
         # heads[j - 1] reads X(0, j) with deep supervision; without it heads[0] reads X(0, depth)
-        n_heads = self.depth if deep_supervision else 1
-        self.heads = nn.ModuleList(factory.head(features[0], out_channels) for _ in range(n_heads))
+        n_heads = self.depth if self.deep_supervision else 1
+        self.heads = nn.ModuleList(factory.head(features[0], self.out_channels) for _ in range(n_heads))
 
     @property
     def prune_depth(self) -> int | None:
@@ -140,9 +114,7 @@ class UNetPlusPlus(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments (with the current ``prune_depth``) plus ``name``, for ``build_network(**cfg)``."""
-        cfg = {key: list(value) if isinstance(value, list) else value for key, value in self._config.items()}
-        cfg["prune_depth"] = self.prune_depth
-        return cfg
+        return {**super().config, "prune_depth": self.prune_depth}
 
     def _head(self, j: int) -> nn.Module:
         return self.heads[j - 1] if self.deep_supervision else self.heads[0]
@@ -160,8 +132,7 @@ class UNetPlusPlus(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits (B, out_channels, *spatial) for ``x`` (B, in_channels, *spatial); a list with deep supervision
         in training mode (see the class docstring)."""
-        check_input(x, self.spatial_dims, self.in_channels)
-        x, pads = pad_to_multiple(x, self.size_multiple)
+        x, pads = self._check_and_pad(x)
         depth = self.depth if self.training or self.prune_depth is None else self.prune_depth
         top = self._top_row(x, depth)
         if self.training and self.deep_supervision:

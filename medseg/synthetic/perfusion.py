@@ -30,11 +30,9 @@ from medseg.synthetic.phantoms import (
     correlated_noise,
     ellipsoid_mask,
     ellipsoid_radius2,
-    fov_frame,
-    grid_affine,
+    phantom_grid,
     rotation_matrix,
     smooth_field,
-    world_coordinates,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,12 +91,8 @@ def make_perfusion_case(
     shape = check_shape(shape, 3)
     if not np.isfinite(noise_scale) or noise_scale < 0:
         raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
-    affine = grid_affine(shape, spacing, affine, default=(3.0, 3.0, 5.0))
-    vox = np.linalg.norm(affine[:3, :3], axis=0)
+    affine, vox, half, rel = phantom_grid(shape, spacing, affine, default=(3.0, 3.0, 5.0))
     rng = np.random.default_rng(seed)
-
-    center, half = fov_frame(shape, affine)
-    rel = world_coordinates(shape, affine) - center.reshape(3, 1, 1, 1)
     wobble = smooth_field(rng, shape, 6.0 / vox)  # irregular (gyral-like) boundaries, 6 mm correlation
 
     brain_axes = np.array([0.80, 0.86, 0.84]) * half * rng.uniform(0.93, 1.0, 3)

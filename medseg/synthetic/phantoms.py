@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -219,6 +220,28 @@ def grid_affine(
     return affine
 
 
+class PhantomGrid(NamedTuple):
+    """Where a 3D phantom is sampled: the grid's affine and its world geometry (see :func:`phantom_grid`)."""
+
+    affine: np.ndarray  # 4x4 voxel index -> RAS world mm
+    spacing: np.ndarray  # voxel size in mm along i, j, k (the affine's column norms)
+    half: np.ndarray  # half-extents (mm) of the field of view along the world x, y, z axes
+    rel: np.ndarray  # (3, *shape) world mm of every voxel centre, relative to the field of view's centre
+
+
+def phantom_grid(
+    shape: tuple[int, ...],
+    spacing: Sequence[float] | None,
+    affine: np.ndarray | None,
+    default: Sequence[float],
+) -> PhantomGrid:
+    """The grid of a 3D phantom of checked ``shape``: affine as in :func:`grid_affine`, then its frame."""
+    affine = grid_affine(shape, spacing, affine, default=default)
+    center, half = fov_frame(shape, affine)
+    rel = world_coordinates(shape, affine) - center.reshape(3, 1, 1, 1)
+    return PhantomGrid(affine=affine, spacing=np.linalg.norm(affine[:3, :3], axis=0), half=half, rel=rel)
+
+
 def make_ct_phantom(
     shape: Sequence[int] = (96, 96, 64),
     spacing: Sequence[float] | None = None,
@@ -248,12 +271,8 @@ def make_ct_phantom(
         raise ValueError(f"n_organs must be an integer in 1..{len(ORGANS)}, got {n_organs!r}")
     if not np.isfinite(noise_hu) or noise_hu < 0:
         raise ValueError(f"noise_hu must be a finite number >= 0, got {noise_hu}")
-    affine = grid_affine(shape, spacing, affine, default=(1.5, 1.5, 2.5))
-    vox = np.linalg.norm(affine[:3, :3], axis=0)
+    affine, vox, half, rel = phantom_grid(shape, spacing, affine, default=(1.5, 1.5, 2.5))
     rng = np.random.default_rng(seed)
-
-    center, half = fov_frame(shape, affine)
-    rel = world_coordinates(shape, affine) - center.reshape(3, 1, 1, 1)
 
     # body: an elliptic cylinder-like ellipsoid, wider left-right than front-back, with a subcutaneous fat layer
     body_axes = np.array([0.88 * half[0], 0.72 * half[1], 4.0 * half[2]]) * rng.uniform(0.94, 1.0, 3)
