@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import medseg
+from medseg.batch.provenance import batch_provenance
 from medseg.inference import Predictor
 from medseg.synthetic.dataset import write_perfusion_dataset
 from medseg.synthetic.dicom_writer import write_dicom_series
@@ -78,6 +79,11 @@ def _check_registered_run(uri: str, result, tmp_path: Path) -> None:
     x = torch.randn(1, 3, 24, 24, 12, generator=torch.Generator().manual_seed(0))
     assert torch.equal(predictor.probabilities(x), reference.probabilities(x))
     assert predictor.spec.to_dict() == reference.spec.to_dict()
+    # the alias is resolved to the version it points to, which reports give as provenance
+    assert (predictor.model_name, predictor.model_version) == ("tiny-perfusion", int(version.version))
+    prov = batch_provenance(predictor)
+    assert (prov["model_name"], prov["model_version"]) == ("tiny-perfusion", str(version.version))
+    assert prov["source_uri"] == "models:/tiny-perfusion@champion"
     return run
 
 

@@ -59,7 +59,13 @@ def batch_provenance(predictor: Any) -> dict[str, Any]:
     checkpoint = getattr(predictor, "checkpoint_path", None)
     if uri is not None and not str(uri).startswith(("models:/", "runs:/")):
         uri = Path(str(uri)).name
-    info = model_provenance(spec, checkpoint_path=checkpoint, source_uri=uri)
+    info = model_provenance(
+        spec,
+        checkpoint_path=checkpoint,
+        source_uri=uri,
+        model_name=getattr(predictor, "model_name", None),
+        model_version=getattr(predictor, "model_version", None),  # the number an alias resolved to
+    )
     if info.get("model_name") is None:
         info["model_name"] = str(spec.network.get("name") or "medseg")
     info.update(

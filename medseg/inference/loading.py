@@ -49,12 +49,16 @@ def load_model(
 
         resolved = resolve_model_uri(text, tracking_uri=tracking_uri, cache_dir=cache_dir)
         path = Path(resolved.checkpoint_path)
-        logger.info("model %s resolved to %s", text, path.name)
+        name, version = resolved.name, resolved.version
+        logger.info("model %s resolved to version %s (%s)", text, version, path.name)
     else:
         path = Path(text)
+        name = version = None
         if not path.is_file():
             raise ModelNotFoundError(f"{text}: no such checkpoint file; a model URI is one of {URI_FORMS}")
     predictor = Predictor.from_checkpoint(path, device=device, **predictor_kwargs)
     predictor.source_uri = text
     predictor.checkpoint_path = path
+    predictor.model_name = name  # registered name and the version an alias pointed to (None for files)
+    predictor.model_version = version
     return predictor
