@@ -118,6 +118,8 @@ def test_bad_settings_are_config_errors_naming_the_key() -> None:
         _predict({"largest_component": "yes"})
     with pytest.raises(ConfigError, match="postprocess must be None, True, False, a mapping"):
         _predict(None, postprocess=3)
+    with pytest.raises(ConfigError, match=r"label value\(s\) \[2, 7\] are not labels of the model; its labels"):
+        _predict(None, postprocess={"largest_component": [1, 7], "min_volume_mm3": {2: 5.0}})
 
 
 def test_config_settings_reach_the_model_spec(tmp_path: Path) -> None:
@@ -226,6 +228,13 @@ def test_segment_refuses_other_settings_in_an_existing_output_folder(
     assert code == 2
     assert "postprocess" in capsys.readouterr().err
     assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*.nii.gz")) == before
+
+
+def test_segment_refuses_labels_the_model_does_not_have(study, model_file, tmp_path, capsys) -> None:
+    code, _, _ = _segment(study, tmp_path / "x", model_file, "--largest-component", "3")
+    assert code == 2
+    assert "label value(s) [3] are not labels of the model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def test_segment_refuses_contradictory_options(study, model_file, tmp_path, capsys) -> None:

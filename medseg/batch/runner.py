@@ -226,23 +226,24 @@ def segment_archive(
     if not input_path.exists():
         raise InputError(ReasonCode.FILE_NOT_FOUND, None, "the batch input does not exist")
     _check_paths(input_path, out)
+    # the model (and its settings) is checked before anything is written: a bad model leaves no output folder
+    predictor, source = _predictor(
+        model,
+        device=device,
+        tta=tta,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        postprocess=postprocess,
+        tracking_uri=tracking_uri,
+        workers=workers,
+    )
+    provenance = batch_provenance(predictor)
     out.mkdir(parents=True, exist_ok=True)
     with lock_output(out):
         clean_stale_temps(out)
         key = name_key if name_key is not None else load_or_create_key(out)
         with Ledger.open(out / LEDGER_FILE) as ledger:
             _bind(ledger, "name_key_check", keyed_name(key, "medseg-ledger-key-check"), "naming key")
-            predictor, source = _predictor(
-                model,
-                device=device,
-                tta=tta,
-                overlap=overlap,
-                sw_batch_size=sw_batch_size,
-                postprocess=postprocess,
-                tracking_uri=tracking_uri,
-                workers=workers,
-            )
-            provenance = batch_provenance(predictor)
             _bind(
                 ledger,
                 "model_fingerprint",

@@ -89,17 +89,28 @@ def resolve_postprocess(
 ) -> Postprocess:
     """The postprocessing a predictor applies (see :class:`Predictor`'s ``postprocess`` argument)."""
     if isinstance(postprocess, Postprocess):
-        return postprocess
-    if postprocess is False:
-        return Postprocess()
-    model_settings = dict(spec.inference.get("postprocess") or {})
-    if postprocess is None or postprocess is True:
-        return Postprocess.from_config(model_settings, "model spec inference.postprocess")
-    if not isinstance(postprocess, Mapping):
+        result = postprocess
+    elif postprocess is False:
+        result = Postprocess()
+    elif postprocess is None or postprocess is True:
+        model_settings = dict(spec.inference.get("postprocess") or {})
+        result = Postprocess.from_config(model_settings, "model spec inference.postprocess")
+    elif isinstance(postprocess, Mapping):
+        model_settings = dict(spec.inference.get("postprocess") or {})
+        result = Postprocess.from_config({**model_settings, **postprocess}, "postprocess")
+    else:
         raise ConfigError(
             f"postprocess must be None, True, False, a mapping or a Postprocess, got {type(postprocess).__name__}"
         )
-    return Postprocess.from_config({**model_settings, **postprocess}, "postprocess")
+    named = set(result.largest_component) if isinstance(result.largest_component, list) else set()
+    if isinstance(result.min_volume_mm3, dict):
+        named |= set(result.min_volume_mm3)
+    unknown = sorted(v for v in named if v not in {int(k) for k in spec.labels})
+    if unknown:
+        raise ConfigError(
+            f"postprocess: label value(s) {unknown} are not labels of the model; its labels: {dict(spec.labels)}"
+        )
+    return result
 
 
 class Predictor:
