@@ -185,6 +185,27 @@ def test_axis_maps_refuse_rotated_grids():
         axis_maps(a, b)
 
 
+@pytest.mark.parametrize(("shear", "accepted"), [(1e-6, True), (1e-3, True), (5e-3, False)])
+def test_model_grid_of_a_slightly_sheared_study(shear, accepted):
+    """Scanner headers carry orientations to ~6 digits and the reader accepts up to 1e-3 of shear; MONAI's
+    Spacing removes the shear, so the model grid is then off-axis by about that much: accepted up to AXIS_TOL."""
+    affine = make_affine((40, 40, 20), (0.7, 0.7, 2.5), rotation_deg=(20, 10, 5))
+    affine[:3, 2] += shear * 2.5 * affine[:3, 0] / 0.7  # the slice axis leans towards the first axis
+    image = MetaTensor(torch.zeros(1, 40, 40, 20), affine=torch.as_tensor(affine))
+    if not accepted:
+        with pytest.raises(ValueError, match="not axis-aligned"):
+            model_grid(image, "RAS", (1.0, 1.0, 3.0))
+        return
+    grid = model_grid(image, "RAS", (1.0, 1.0, 3.0))
+    # every model voxel centre, mapped separably, is within shear x extent of where the exact affine puts it
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"), -1).reshape(-1, 3)
+    exact = np.linalg.solve(affine, grid.affine)[:3] @ np.c_[idx, np.ones(len(idx))].T
+    approx = np.stack([mp.coords(idx[:, d]) for d, mp in enumerate(grid.maps)])
+    for d, mp in enumerate(grid.maps):
+        err_mm = np.abs(exact[mp.src_axis] - approx[d]).max() * np.linalg.norm(affine[:3, mp.src_axis])
+        assert err_mm <= 2 * shear * 60.0 + 1e-9  # 60 mm: the largest extent of this grid
+
+
 def test_stencil_clamps_to_border_and_box():
     st = stencil(np.array([-0.7, 0.25, 4.5, 9.9]), size=8)
     np.testing.assert_array_equal(st.lo, [0, 0, 4, 7])

@@ -77,9 +77,10 @@ class WorkItem:
 
     @property
     def source_dicom_files(self) -> list[Path] | None:
-        """The files of the first (reference) channel's DICOM series, for a DICOM SEG's references."""
+        """The files of the first (reference) channel's DICOM series, for a DICOM SEG's references (in slice order;
+        a multi-frame image once)."""
         first = next(iter(self.sources.values()), None)
-        return list(first.files) if isinstance(first, SeriesInfo) else None
+        return first.source_files if isinstance(first, SeriesInfo) else None
 
 
 @dataclass

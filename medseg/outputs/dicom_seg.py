@@ -7,6 +7,11 @@ slice ``k`` into ``volume[i, j, k]``, so the SEG frame for source slice ``k`` is
 j, columns = i). Each frame references its source slice's SOPInstanceUID; frames with no voxel of a segment
 are omitted.
 
+Multi-frame source (one Enhanced / Legacy Converted Enhanced image): the frames are matched to the label's slices
+by geometry (the frame lying at slice ``k`` of the label's affine; a frame may belong to another stack of the same
+file and then stays unreferenced), the affine is checked on the matched frames exactly as for single-frame slices,
+and each SEG frame references the source image's SOPInstanceUID with the ReferencedFrameNumber of its frame.
+
 Segments: one per non-zero label value *present* in the label map, numbered 1..n in ascending label order.
 ``SegmentLabel`` is the label's name, ``SegmentDescription`` says ``"medseg label <value>"`` so the value can
 be recovered, the recommended display colour is the QC overlay colour. The segmented property category and
@@ -93,12 +98,22 @@ class SegMetadata:
 # ------------------------------------------------------------------------------------------------ sources
 
 
+def _unique(items: Sequence[Any]) -> list[Any]:
+    """Items once each, in order: a multi-frame series lists its file once per slice."""
+    seen: dict[Any, Any] = {}
+    for item in items:
+        key = ("dataset", id(item)) if isinstance(item, Dataset) else ("path", str(Path(item).absolute()))
+        seen.setdefault(key, item)
+    return list(seen.values())
+
+
 def load_source_datasets(source: str | os.PathLike | Sequence[str | os.PathLike | Dataset]) -> list[Dataset]:
-    """Headers (no pixel data) of the source series in medseg's slice order.
+    """Headers (no pixel data) of the source series in medseg's slice order, each file once.
 
     A folder must hold exactly one image series; it is scanned like :func:`medseg.data.dicom.read_dicom` does,
     so the order is the reader's. A list (paths or datasets) must already be in that order (checked by
-    :func:`write_dicom_seg`).
+    :func:`write_dicom_seg`). A multi-frame source is one file (a list repeating it, like ``SeriesInfo.files``
+    of a multi-frame series, gives it once); its frames are matched to the label's slices by their geometry.
     """
     if isinstance(source, (str, os.PathLike)):
         folder = Path(source)
@@ -122,7 +137,7 @@ def load_source_datasets(source: str | os.PathLike | Sequence[str | os.PathLike 
         raise ValueError("no DICOM source files given")
     return [
         item if isinstance(item, Dataset) else pydicom.dcmread(item, stop_before_pixels=True)
-        for item in items
+        for item in _unique(items)
     ]
 
 
@@ -138,6 +153,24 @@ def _name(ds: Dataset) -> str:
     return Path(filename).name if isinstance(filename, str) else f"#{ds.get('InstanceNumber', '?')}"
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """Source geometry in the label's slice order: IOP (6,), slice positions (n, 3), PixelSpacing (row, column),
+    the slice step used when there is one slice, and (multi-frame source) the 0-based frame of each slice."""
+
+    iop: np.ndarray
+    positions: np.ndarray
+    pixel_spacing: np.ndarray
+    single_step: float
+    frames: tuple[int, ...] | None = None
+
+
+def _is_multiframe(ds: Dataset) -> bool:
+    from medseg.data.dicom.multiframe import is_multiframe
+
+    return is_multiframe(ds)
+
+
 def _check_sources(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]:
     """Check the slices form one single-frame stack in ascending order; return (IOP, positions)."""
     first = datasets[0]
@@ -147,45 +180,141 @@ def _check_sources(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]
             raise ValueError(
                 f"source slices must share one non-empty {keyword}, found {len(values)} value(s)"
             )
-    if any(int(ds.get("NumberOfFrames", 1) or 1) != 1 for ds in datasets):
-        raise ValueError("source images must be single-frame slices (multi-frame sources are not supported)")
+    if any(_is_multiframe(ds) for ds in datasets):
+        raise ValueError(
+            "a DICOM SEG references either single-frame slices or exactly one multi-frame image; "
+            f"got {len(datasets)} source files including multi-frame ones"
+        )
     iop = _float_list(first, "ImageOrientationPatient", 6)
     for ds in datasets[1:]:
         if np.max(np.abs(_float_list(ds, "ImageOrientationPatient", 6) - iop)) > _ORIENTATION_TOL:
             raise ValueError(f"source slice {_name(ds)} has a different ImageOrientationPatient")
     positions = np.stack([_float_list(ds, "ImagePositionPatient", 3) for ds in datasets])
-    normal = np.cross(iop[:3], iop[3:])
-    along = positions @ normal
+    _check_ascending(iop, positions)
+    return iop, positions
+
+
+def _check_ascending(iop: np.ndarray, positions: np.ndarray) -> None:
+    along = positions @ np.cross(iop[:3], iop[3:])
     if len(along) > 1 and not np.all(np.diff(along) > 0):
         raise ValueError(
             "source slices are not in medseg's slice order (ascending along the normal of "
             "ImageOrientationPatient); pass the series folder, or SeriesInfo.files from medseg.data.dicom"
         )
-    return iop, positions
 
 
-def source_affine(datasets: Sequence[Dataset]) -> np.ndarray:
-    """RAS affine of the ordered source slices, computed as medseg's DICOM reader does."""
+def _single_frame_grid(datasets: Sequence[Dataset]) -> _Grid:
     iop, positions = _check_sources(datasets)
-    row_spacing, col_spacing = _float_list(datasets[0], "PixelSpacing", 2)
-    lps = np.eye(4)
-    lps[:3, 0] = iop[:3] * col_spacing
-    lps[:3, 1] = iop[3:] * row_spacing
-    if len(positions) > 1:
-        lps[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
+    first = datasets[0]
+    step = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+    return _Grid(iop, positions, _float_list(first, "PixelSpacing", 2), step)
+
+
+def _frames_on_grid(infos: Sequence[Any], given: np.ndarray, n_slices: int) -> list[int]:
+    """The frame lying at each of the label's ``n_slices`` slices (label affine ``given``, RAS).
+
+    Selection only (frames within a quarter step along the normal, half a pixel in-plane, orientation within 1e-3);
+    the exact check is :func:`_check_affine` on the selected frames, as for single-frame sources.
+    """
+    lps = _LPS_FROM_RAS @ given
+    to_index = np.linalg.inv(lps)
+    axes = lps[:3, :2] / np.linalg.norm(lps[:3, :2], axis=0)
+    iop = np.concatenate([axes[:, 0], axes[:, 1]])
+    at: dict[int, list[int]] = {}
+    for number, info in enumerate(infos):
+        if info.position is None or info.orientation is None:
+            continue
+        if np.max(np.abs(np.asarray(info.orientation) - iop)) > 10 * _ORIENTATION_TOL:
+            continue
+        i, j, k = (to_index @ np.array([*info.position, 1.0]))[:3]
+        nearest = round(float(k))
+        if abs(i) <= 0.5 and abs(j) <= 0.5 and abs(k - nearest) <= 0.25 and 0 <= nearest < n_slices:
+            at.setdefault(nearest, []).append(number)
+    missing = [k for k in range(n_slices) if k not in at]
+    if missing:
+        raise ValueError(
+            f"label slice(s) {missing[:5]} lie on no frame of the multi-frame source; a DICOM SEG must be on the "
+            "source grid (resample the label to the series first)"
+        )
+    doubled = {k: v for k, v in at.items() if len(v) > 1}
+    if doubled:
+        k, frames = next(iter(doubled.items()))
+        raise ValueError(
+            f"frames {[f + 1 for f in frames]} of the multi-frame source all lie at label slice {k} (several "
+            "temporal positions or stacks); a DICOM SEG cannot say which one it segments"
+        )
+    return [at[k][0] for k in range(n_slices)]
+
+
+def _multiframe_grid(ds: Dataset, affine: Any, n_slices: int) -> _Grid:
+    """Geometry of the frames of one multi-frame source that the label's slices lie on (all frames, sorted along
+    the normal, when no affine is given)."""
+    from medseg.data.dicom.multiframe import frame_infos
+
+    infos = frame_infos(ds)  # MultiFrameError is a ValueError
+    if affine is not None:
+        frames = _frames_on_grid(infos, _affine_array(affine), n_slices)
     else:
-        step = float(datasets[0].get("SpacingBetweenSlices") or datasets[0].get("SliceThickness") or 1.0)
-        lps[:3, 2] = np.cross(iop[:3], iop[3:]) * step
-    lps[:3, 3] = positions[0]
+        if any(f.position is None or f.orientation is None for f in infos):
+            raise ValueError(f"multi-frame source {_name(ds)} has frames without position or orientation")
+        normal = np.cross(infos[0].orientation[:3], infos[0].orientation[3:])
+        frames = sorted(range(len(infos)), key=lambda f: float(np.asarray(infos[f].position) @ normal))
+    iop = np.asarray(infos[frames[0]].orientation, dtype=np.float64)
+    for f in frames:
+        if np.max(np.abs(np.asarray(infos[f].orientation) - iop)) > _ORIENTATION_TOL:
+            raise ValueError(
+                f"frame {f + 1} of the multi-frame source has a different ImageOrientationPatient"
+            )
+    spacing = infos[frames[0]].pixel_spacing
+    if spacing is None:
+        raise ValueError(f"frame {frames[0] + 1} of the multi-frame source has no valid PixelSpacing")
+    positions = np.asarray([infos[f].position for f in frames], dtype=np.float64)
+    _check_ascending(iop, positions)
+    first = infos[frames[0]]
+    step = float(first.spacing_between_slices or first.slice_thickness or 1.0)
+    return _Grid(iop, positions, np.asarray(spacing, dtype=np.float64), step, tuple(frames))
+
+
+def _source_grid(datasets: Sequence[Dataset], affine: Any = None, n_slices: int | None = None) -> _Grid:
+    if len(datasets) == 1 and _is_multiframe(datasets[0]):
+        ds = datasets[0]
+        for keyword in ("SeriesInstanceUID", "FrameOfReferenceUID"):
+            if not str(ds.get(keyword, "") or ""):
+                raise ValueError(f"the multi-frame source has no {keyword}")
+        return _multiframe_grid(ds, affine, n_slices if n_slices is not None else 0)
+    return _single_frame_grid(datasets)
+
+
+def _grid_affine(grid: _Grid) -> np.ndarray:
+    row_spacing, col_spacing = grid.pixel_spacing
+    lps = np.eye(4)
+    lps[:3, 0] = grid.iop[:3] * col_spacing
+    lps[:3, 1] = grid.iop[3:] * row_spacing
+    if len(grid.positions) > 1:
+        lps[:3, 2] = (grid.positions[-1] - grid.positions[0]) / (len(grid.positions) - 1)
+    else:
+        lps[:3, 2] = np.cross(grid.iop[:3], grid.iop[3:]) * grid.single_step
+    lps[:3, 3] = grid.positions[0]
     return _LPS_FROM_RAS @ lps
 
 
-def _check_affine(affine: Any, datasets: Sequence[Dataset]) -> None:
+def source_affine(datasets: Sequence[Dataset]) -> np.ndarray:
+    """RAS affine of the ordered source slices (or of all frames of one multi-frame source), computed as medseg's
+    DICOM reader does."""
+    return _grid_affine(_source_grid(datasets))
+
+
+def _affine_array(affine: Any) -> np.ndarray:
     given = np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=np.float64)
     if given.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got shape {given.shape}")
-    expected = source_affine(datasets)
-    columns = [0, 1, 3] if len(datasets) == 1 else [0, 1, 2, 3]  # one slice: no measured step
+    return given
+
+
+def _check_affine(affine: Any, grid: _Grid) -> None:
+    given = _affine_array(affine)
+    expected = _grid_affine(grid)
+    columns = [0, 1, 3] if len(grid.positions) == 1 else [0, 1, 2, 3]  # one slice: no measured step
     diff = float(np.max(np.abs(given[:3, columns] - expected[:3, columns])))
     if diff > _GEOMETRY_TOL:
         raise ValueError(
@@ -299,7 +428,10 @@ def write_dicom_seg(
         label: integer label map ``(i, j, k)`` (or ``(1, i, j, k)``) on the source grid, in medseg's
             slice order.
         source: the source series folder (exactly one series), or its slice files / pydicom datasets in medseg's
-            slice order (``SeriesInfo.files``).
+            slice order (``SeriesInfo.files``), or one multi-frame image (its path or dataset, possibly repeated
+            once per slice as in ``SeriesInfo.files``). With a multi-frame source, label slice ``k`` is matched to
+            the frame lying at it (by ``affine``; without one, all frames sorted along the normal), and each SEG
+            frame references that source frame (ReferencedFrameNumber).
         labels: label value -> name (0, background, is ignored); every non-zero value in ``label`` must
             be here.
         out_path: the ``.dcm`` file to write.
@@ -320,15 +452,15 @@ def write_dicom_seg(
     meta = metadata or SegMetadata()
     arr = _label_array(label)
     datasets = load_source_datasets(source)
-    _check_sources(datasets)
+    grid = _source_grid(datasets, affine, arr.shape[2])
     rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
-    if arr.shape != (columns, rows, len(datasets)):
+    if arr.shape != (columns, rows, len(grid.positions)):
         raise ValueError(
             f"label shape {arr.shape} does not match the source series (columns, rows, slices) = "
-            f"{(columns, rows, len(datasets))}"
+            f"{(columns, rows, len(grid.positions))}"
         )
     if affine is not None:
-        _check_affine(affine, datasets)
+        _check_affine(affine, grid)
     values = _segment_values(arr, labels)
     if not values:
         raise NoSegmentsError("the label map has no foreground voxel: a DICOM SEG needs at least one segment")
@@ -337,6 +469,10 @@ def write_dicom_seg(
     lut = np.zeros(int(arr.max()) + 1, dtype=np.uint8 if len(values) < 256 else np.uint16)
     lut[values] = np.arange(1, len(values) + 1)
     frames = np.ascontiguousarray(lut[arr.transpose(2, 1, 0)])
+    if grid.frames is not None:  # one multi-frame source: SEG frame f <-> source frame f (empty ones omitted)
+        by_source_frame = np.zeros((int(datasets[0].NumberOfFrames or 1), rows, columns), dtype=frames.dtype)
+        by_source_frame[list(grid.frames)] = frames
+        frames = by_source_frame
 
     created = meta.created or _dt.datetime.now()
     content_hash = hashlib.sha256(frames.reshape(-1)).hexdigest()
@@ -381,6 +517,6 @@ def write_dicom_seg(
         out.name,
         len(values),
         int(seg.NumberOfFrames),
-        len(datasets),
+        len(grid.positions),
     )
     return out

@@ -1,5 +1,8 @@
 """DICOM input: discovery (headers only), series selection by rules, exact-geometry reading, a MONAI reader.
 
+Classic single-frame series and enhanced multi-frame images (one file per series; see
+:mod:`medseg.data.dicom.multiframe`) are read alike, with the same geometry checks.
+
 Typical use::
 
     from medseg.data.dicom import read_dicom, SeriesRule
@@ -13,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from medseg.data.dicom.geometry import StackGeometry, analyse_stack, axis_codes
-from medseg.data.dicom.header import SkippedFile, SliceHeader, read_slice_header
+from medseg.data.dicom.header import SkippedFile, SliceHeader, read_image_headers, read_slice_header
 from medseg.data.dicom.reader import load_dicom_series, read_dicom, series_meta
 from medseg.data.dicom.scan import DicomScan, SeriesInfo, scan_dicom_files, scan_dicom_tree
 from medseg.data.dicom.select import SeriesRule, select_series
@@ -30,6 +33,7 @@ __all__ = [
     "axis_codes",
     "load_dicom_series",
     "read_dicom",
+    "read_image_headers",
     "read_slice_header",
     "scan_dicom_files",
     "scan_dicom_tree",

@@ -1,4 +1,7 @@
-"""Slice sorting, geometry checks and the RAS affine of one stack of single-frame DICOM slices.
+"""Slice sorting, geometry checks and the RAS affine of one stack of DICOM slices.
+
+A slice is a single-frame file or one frame of a multi-frame file (:mod:`medseg.data.dicom.multiframe`); both are
+checked alike. Problems name the file relative to the root; details name frames as ``"<file> frame N"``.
 
 Conventions: a slice's ImageOrientationPatient is (F_r, F_c), the LPS direction cosines of a row (increasing column
 index i) and of a column (increasing row index j). Pixel ``pixel_array[j, i]`` sits at
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.dicom.header import SliceHeader, relative_name
+from medseg.data.dicom.header import SliceHeader, relative_name, slice_label
 from medseg.errors import Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
@@ -100,14 +103,19 @@ def _orthonormal_error(iop: Sequence[float]) -> float:
     return float(max(abs(np.linalg.norm(f_r) - 1.0), abs(np.linalg.norm(f_c) - 1.0), abs(f_r @ f_c)))
 
 
+def _frame(h: SliceHeader) -> str:
+    """Detail prefix naming the frame of a multi-frame file ("" for a single-frame file)."""
+    return "" if h.frame is None else f"frame {h.frame + 1}: "
+
+
 def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
     """Per-file checks that do not need slice positions."""
     problems: list[Problem] = []
     for h in slices:
         if h.pixel_problem:
-            problems.append(
-                Problem(ReasonCode.TRUNCATED_PIXEL_DATA, relative_name(h.path, root), h.pixel_problem)
-            )
+            problem = Problem(ReasonCode.TRUNCATED_PIXEL_DATA, relative_name(h.path, root), h.pixel_problem)
+            if problem not in problems:  # once per file, not per frame
+                problems.append(problem)
     for h in slices:
         missing = [
             name
@@ -123,7 +131,7 @@ def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
                 Problem(
                     ReasonCode.MISSING_GEOMETRY,
                     relative_name(h.path, root),
-                    f"missing or invalid {', '.join(missing)}",
+                    f"{_frame(h)}missing or invalid {', '.join(missing)}",
                 )
             )
     shape = _majority([(h.rows, h.columns) for h in slices])
@@ -133,7 +141,7 @@ def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
                 Problem(
                     ReasonCode.INCONSISTENT_SHAPE,
                     relative_name(h.path, root),
-                    f"{h.rows}x{h.columns} pixels (rows x columns) while the series has {shape[0]}x{shape[1]}",
+                    f"{_frame(h)}{h.rows}x{h.columns} pixels (rows x columns) while the series has {shape[0]}x{shape[1]}",
                 )
             )
     spaced = [h for h in slices if h.pixel_spacing is not None]
@@ -145,7 +153,7 @@ def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
                     Problem(
                         ReasonCode.INCONSISTENT_SPACING,
                         relative_name(h.path, root),
-                        f"pixel spacing {list(h.pixel_spacing)} while the series has {list(ref)}",
+                        f"{_frame(h)}pixel spacing {list(h.pixel_spacing)} while the series has {list(ref)}",
                     )
                 )
     oriented = [h for h in slices if h.orientation is not None]
@@ -157,7 +165,7 @@ def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
                 Problem(
                     ReasonCode.NON_ORTHONORMAL_ORIENTATION,
                     relative_name(h.path, root),
-                    f"ImageOrientationPatient {list(h.orientation)} is not two orthogonal unit vectors "
+                    f"{_frame(h)}ImageOrientationPatient {list(h.orientation)} is not two orthogonal unit vectors "
                     f"(error {err:.3g} > {ORIENTATION_TOL})",
                 )
             )
@@ -171,7 +179,7 @@ def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
                     Problem(
                         ReasonCode.MIXED_ORIENTATION,
                         relative_name(h.path, root),
-                        f"ImageOrientationPatient {list(h.orientation)} differs from the series' {list(ref_iop)}",
+                        f"{_frame(h)}ImageOrientationPatient {list(h.orientation)} differs from the series' {list(ref_iop)}",
                     )
                 )
     return problems
@@ -199,17 +207,17 @@ def _position_problems(
             Problem(
                 ReasonCode.DUPLICATE_SLICE,
                 relative_name(slices[k + 1].path, root),
-                f"same position as {relative_name(slices[k].path, root)} (distance {steps[k]:.4g} mm along the normal)",
+                f"{_frame(slices[k + 1])}same position as {slice_label(slices[k], root)} (distance {steps[k]:.4g} mm along the normal)",
             )
         )
     if problems or median == 0.0:
         return problems
     for k in np.flatnonzero(steps > MISSING_FACTOR * median):
-        a, b = relative_name(slices[k].path, root), relative_name(slices[k + 1].path, root)
+        a, b = slice_label(slices[k], root), slice_label(slices[k + 1], root)
         problems.append(
             Problem(
                 ReasonCode.MISSING_SLICE,
-                b,
+                relative_name(slices[k + 1].path, root),
                 f"gap of {steps[k]:.4g} mm between {a} and {b} (median step {median:.4g} mm): "
                 f"about {round(steps[k] / median) - 1} slice(s) missing",
             )
@@ -224,7 +232,7 @@ def _position_problems(
             Problem(
                 ReasonCode.GANTRY_TILT,
                 relative_name(slices[k].path, root),
-                f"slice positions drift {in_plane[k]:.4g} mm in-plane over {abs(offsets[k] @ normal):.4g} mm "
+                f"{_frame(slices[k])}slice positions drift {in_plane[k]:.4g} mm in-plane over {abs(offsets[k] @ normal):.4g} mm "
                 f"(about {angle:.2f} degrees of gantry tilt or shear); resampling is not done silently",
             )
         )
@@ -239,7 +247,7 @@ def _position_problems(
                 Problem(
                     ReasonCode.NONUNIFORM_SPACING,
                     relative_name(slices[k].path, root),
-                    f"slice is {deviation[k]:.4g} mm off the regular {step:.4g} mm grid (tolerance {tol:.3g} mm); "
+                    f"{_frame(slices[k])}slice is {deviation[k]:.4g} mm off the regular {step:.4g} mm grid (tolerance {tol:.3g} mm); "
                     f"steps range {steps.min():.4g}..{steps.max():.4g} mm",
                 )
             )
@@ -263,7 +271,8 @@ def analyse_stack(slices: Sequence[SliceHeader], root: Path) -> StackGeometry:
     problems = _check_headers(slices, root)
     if any(p.code == ReasonCode.MISSING_GEOMETRY for p in problems):
         ordered = sorted(
-            slices, key=lambda h: (h.instance_number is None, h.instance_number or 0, str(h.path))
+            slices,
+            key=lambda h: (h.instance_number is None, h.instance_number or 0, str(h.path), h.frame or 0),
         )
         return StackGeometry(ordered, None, None, problems)
     ref = _majority([orientation_key(h.orientation) for h in slices])
@@ -274,7 +283,10 @@ def analyse_stack(slices: Sequence[SliceHeader], root: Path) -> StackGeometry:
     normal = normal / np.linalg.norm(normal)
     positions_all = np.asarray([h.position for h in slices], dtype=float)
     along_all = positions_all @ normal
-    order = sorted(range(len(slices)), key=lambda k: (along_all[k], slices[k].instance_number or 0))
+    order = sorted(
+        range(len(slices)),
+        key=lambda k: (along_all[k], slices[k].instance_number or 0, slices[k].frame or 0),
+    )
     ordered = [slices[k] for k in order]
     positions, along = positions_all[order], along_all[order]
     if len(ordered) > 1:

@@ -9,10 +9,16 @@ without touching the pixels:
   than its declared length, or the file ending between elements), so the header is checked element by element
   against the file size; pixel data shorter than ``Rows * Columns * SamplesPerPixel * BitsAllocated / 8 * frames``
   (in the element's length or in the file) is flagged as ``TRUNCATED_PIXEL_DATA``.
+
+Enhanced multi-frame images (Enhanced / Legacy Converted Enhanced CT, MR, PET, and any multi-frame image with
+functional groups) become one *virtual* :class:`SliceHeader` per frame (``frame`` = 0-based frame index), with the
+frame's geometry and rescale taken from the functional groups (:mod:`medseg.data.dicom.multiframe`); only these
+files are parsed a second time, in full, by pydicom. The single-frame path is unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -32,7 +38,15 @@ from medseg.errors import Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SkippedFile", "SliceHeader", "read_slice_header", "relative_name", "UNDEFINED_LENGTH"]
+__all__ = [
+    "SkippedFile",
+    "SliceHeader",
+    "read_image_headers",
+    "read_slice_header",
+    "relative_name",
+    "slice_label",
+    "UNDEFINED_LENGTH",
+]
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -45,11 +59,17 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 
 @dataclass(frozen=True, slots=True)
 class SliceHeader:
-    """What medseg needs from one single-frame image file; ``path`` is absolute.
+    """What medseg needs from one image slice: a single-frame file, or one frame of a multi-frame file.
 
-    ``pixel_offset``/``pixel_length`` locate the Pixel Data value (``pixel_offset`` is ``None`` when it cannot be
-    located without decoding, e.g. deflated files). ``pixel_problem`` is set when the pixel data is shorter than the
-    header says; the slice stays in its series so that the series refuses to load instead of losing a slice.
+    ``path`` is absolute. ``pixel_offset``/``pixel_length`` locate the file's Pixel Data value (``pixel_offset`` is
+    ``None`` when it cannot be located without decoding, e.g. deflated files). ``pixel_problem`` is set when the
+    pixel data is shorter than the header says; the slice stays in its series so that the series refuses to load
+    instead of losing a slice.
+
+    Multi-frame files: ``frame`` is the 0-based frame index (``None`` for a single-frame file) and the geometry,
+    rescale, ``temporal_position`` (TemporalPositionIndex), ``echo_number`` (EffectiveEchoTime) and ``stack``
+    (StackID) are the frame's, from its functional groups; ``pixel_offset`` is still the start of the file's pixel
+    data (frame ``k`` starts ``k * rows * columns * bits_allocated / 8`` bytes later).
     """
 
     path: Path
@@ -82,6 +102,8 @@ class SliceHeader:
     pixel_offset: int | None
     pixel_length: int
     pixel_problem: str | None = None
+    frame: int | None = None
+    stack: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +121,12 @@ def relative_name(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return Path(os.path.relpath(path, root)).as_posix()
+
+
+def slice_label(h: SliceHeader, root: Path) -> str:
+    """A slice named for messages: its relative path, plus ``" frame N"`` (1-based) for a multi-frame file."""
+    name = relative_name(h.path, root)
+    return name if h.frame is None else f"{name} frame {h.frame + 1}"
 
 
 # Tags read from each file (pydicom skips the others without storing them). Their values are decoded here from the
@@ -270,6 +298,20 @@ def _complete_series_uid(elements: _Elements, size: int) -> str:
 def read_slice_header(path: Path, root: Path) -> SliceHeader | SkippedFile:
     """Read one file's header; return a :class:`SliceHeader` or a :class:`SkippedFile` saying why it is skipped.
 
+    For a multi-frame file this is its first frame's header; :func:`read_image_headers` gives every frame.
+
+    Args:
+        path: absolute file path.
+        root: folder the problem paths are made relative to.
+    """
+    result = read_image_headers(path, root)
+    return result if isinstance(result, SkippedFile) else result[0]
+
+
+def read_image_headers(path: Path, root: Path) -> list[SliceHeader] | SkippedFile:
+    """Read one file's header: one :class:`SliceHeader` per frame (one for a single-frame file), or a
+    :class:`SkippedFile` saying why the file is skipped.
+
     Args:
         path: absolute file path.
         root: folder the problem paths are made relative to.
@@ -306,14 +348,30 @@ def read_slice_header(path: Path, root: Path) -> SliceHeader | SkippedFile:
                     ReasonCode.TRUNCATED_HEADER, path, root, detail, _complete_series_uid(elements, size)
                 )
             tag, length, offset = _pixel_element(fh, ds, size)
-            return _classify(elements, path, root, size, tag, length, offset)
+            result = _classify(elements, path, root, size, tag, length, offset)
     except OSError as exc:
         return _problem(ReasonCode.UNREADABLE, path, root, f"cannot read file: {exc}")
+    if isinstance(result, SkippedFile):
+        return result
+    header, frames = result
+    if frames is None:
+        return [header]
+    from medseg.data.dicom.multiframe import expand_frames  # the module imports this one
+
+    return expand_frames(header, frames, root)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_enhanced(sop_class: str) -> bool:
+    """Enhanced / Legacy Converted Enhanced image classes: geometry lives in the functional groups."""
+    return "Enhanced" in UID(sop_class).name if sop_class else False
 
 
 def _classify(
     el: _Elements, path: Path, root: Path, size: int, tag: int | None, length: int, offset: int | None
-) -> SliceHeader | SkippedFile:
+) -> tuple[SliceHeader, int | None] | SkippedFile:
+    """The file's header (top-level values) and, for a multi-frame file, its number of frames; or why it is
+    skipped."""
     meta = el.ds.file_meta
     transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
     sop_class = el.text("SOPClassUID") or str(meta.get("MediaStorageSOPClassUID", "") or "")
@@ -355,13 +413,18 @@ def _classify(
         )
     frames = el.integer("NumberOfFrames") or 1
     samples = el.us("SamplesPerPixel") or 1
-    if frames > 1:
-        return _problem(
-            ReasonCode.UNSUPPORTED_FORMAT, path, root, f"multi-frame image ({frames} frames) not supported"
-        )
     if samples != 1:
         return _problem(
             ReasonCode.UNSUPPORTED_FORMAT, path, root, f"colour image ({samples} samples/pixel) not supported"
+        )
+    multiframe = frames > 1 or _is_enhanced(sop_class)
+    if multiframe and not _is_image_class(sop_class):
+        name = UID(sop_class).name if sop_class else "unknown SOP class"
+        return _problem(
+            ReasonCode.UNSUPPORTED_FORMAT,
+            path,
+            root,
+            f"multi-frame non-image object ({name}, {frames} frames) not supported",
         )
     rows, columns, bits = el.us("Rows"), el.us("Columns"), el.us("BitsAllocated")
     if not rows or not columns or bits not in (1, 8, 16, 32):
@@ -372,15 +435,14 @@ def _classify(
     if deflated:
         offset = None
     elif length != UNDEFINED_LENGTH and offset is not None:
-        expected = (rows * columns * bits + 7) // 8
+        expected = (rows * columns * bits * frames + 7) // 8
         available = max(0, size - offset)
+        what = f"{rows}x{columns}x{bits}-bit" + (f" x {frames} frames" if multiframe else "")
         if length < expected:
-            pixel_problem = (
-                f"pixel data element holds {length} bytes, {rows}x{columns}x{bits}-bit needs {expected}"
-            )
+            pixel_problem = f"pixel data element holds {length} bytes, {what} needs {expected}"
         elif available < expected:
-            pixel_problem = f"pixel data is cut short: file holds {available} of {expected} bytes"
-    return SliceHeader(
+            pixel_problem = f"pixel data is cut short: file holds {available} of {expected} bytes ({what})"
+    header = SliceHeader(
         path=path,
         sop_class_uid=sop_class,
         sop_instance_uid=el.text("SOPInstanceUID"),
@@ -412,3 +474,4 @@ def _classify(
         pixel_length=length,
         pixel_problem=pixel_problem,
     )
+    return header, (frames if multiframe else None)

@@ -6,6 +6,10 @@ preallocated ``(k, j, i)`` float32 array (the returned volume is its transposed 
 nibabel's). A small thread pool overlaps file reads (I/O and numpy release the GIL). Compressed or big-endian
 transfer syntaxes fall back to pydicom's ``pixel_array``.
 
+Multi-frame files: frame ``k`` of an uncompressed file is read the same way, ``k`` frames after the start of the
+pixel data; a compressed (or big-endian, or 1-bit) multi-frame file is decoded once by pydicom and its frames are
+taken from that array.
+
 Values: ``volume = stored * RescaleSlope + RescaleIntercept`` per slice, computed in float64 and rounded once to
 float32. When BitsStored < BitsAllocated the unused high bits are masked (unsigned) or sign-extended (signed).
 """
@@ -69,6 +73,8 @@ class _SliceReader:
         self.out = out
         self.root = root
         self.local = threading.local()
+        # multi-frame files decoded by pydicom: path -> (frames, rows, columns)
+        self.decoded: dict[Path, np.ndarray] = {}
 
     def _raw(self, dtype: np.dtype, n: int) -> np.ndarray:
         raw = getattr(self.local, "raw", None)
@@ -89,9 +95,10 @@ class _SliceReader:
         dtype = _stored_dtype(h)
         n = h.rows * h.columns
         raw = self._raw(dtype, n)
+        offset = h.pixel_offset + (h.frame or 0) * raw.nbytes
         try:
             with open(h.path, "rb", buffering=0) as fh:
-                fh.seek(h.pixel_offset)
+                fh.seek(offset)
                 got = fh.readinto(memoryview(raw).cast("B"))
         except OSError as exc:
             raise self._error(h, ReasonCode.UNREADABLE, f"cannot read pixel data: {exc}") from exc
@@ -103,7 +110,26 @@ class _SliceReader:
             )
         return _fix_unused_bits(raw, h)
 
+    def decode_multiframe(self, h: SliceHeader, frames: int) -> None:
+        """Decode all frames of ``h``'s multi-frame file once (before the slices are read)."""
+        try:
+            pixels = pydicom.dcmread(h.path, force=False).pixel_array
+        except Exception as exc:  # decoders raise many types
+            raise self._error(h, ReasonCode.UNREADABLE, f"cannot decode pixel data: {exc}") from exc
+        if pixels.ndim == 2 and frames == 1:
+            pixels = pixels[None]
+        if pixels.shape[1:] != (h.rows, h.columns) or pixels.shape[0] < frames:
+            raise self._error(
+                h,
+                ReasonCode.WRONG_DIMENSIONS,
+                f"decoded pixels have shape {pixels.shape}, header says at least {frames} frames of "
+                f"{(h.rows, h.columns)}",
+            )
+        self.decoded[h.path] = pixels
+
     def _read_pydicom(self, h: SliceHeader) -> np.ndarray:
+        if h.frame is not None:
+            return self.decoded[h.path][h.frame].reshape(-1)
         try:
             ds = pydicom.dcmread(h.path, force=False)
             pixels = ds.pixel_array
@@ -172,6 +198,13 @@ def load_dicom_series(
     n, rows, cols = series.n_slices, series.rows, series.columns
     out = np.empty((n, rows, cols), dtype=np.float32)
     reader = _SliceReader(out, series.root)
+    slow_frames: dict[Path, tuple[SliceHeader, int]] = {}
+    for h in series.slices:
+        if h.frame is not None and not _is_fast(h):
+            first, count = slow_frames.get(h.path, (h, 0))
+            slow_frames[h.path] = (first, max(count, h.frame + 1))
+    for h, frames in slow_frames.values():
+        reader.decode_multiframe(h, frames)
     workers = workers or min(_MAX_WORKERS, os.cpu_count() or 1)
     items = list(enumerate(series.slices))
     if workers > 1 and n > 1:

@@ -1,9 +1,14 @@
 """Discover DICOM image series under a folder: read headers only, skip junk with a reason, group into stacks.
 
-Grouping: files are grouped by SeriesInstanceUID, then one UID that holds several stacks is split (when
-``split_stacks=True``, the default) by, in this order: image size (Rows/Columns), orientation
-(ImageOrientationPatient within ``geometry.ORIENTATION_TOL``), EchoNumbers, and, only when the group still has slices
-at the same position, TemporalPositionIdentifier or else AcquisitionNumber. Each resulting stack gets a ``stack_id``
+Slices: a single-frame file is one slice; an enhanced multi-frame file is one slice per frame, with the frame's
+geometry from its functional groups (:mod:`medseg.data.dicom.multiframe`), so the rules below apply to frames
+exactly as to files.
+
+Grouping: slices are grouped by SeriesInstanceUID, then one UID that holds several stacks is split (when
+``split_stacks=True``, the default) by, in this order: image size (Rows/Columns), StackID (multi-frame files),
+orientation (ImageOrientationPatient within ``geometry.ORIENTATION_TOL``), EchoNumbers (EffectiveEchoTime for
+multi-frame files), and, only when the group still has slices at the same position, TemporalPositionIdentifier
+(TemporalPositionIndex) or else AcquisitionNumber. Each resulting stack gets a ``stack_id``
 ``"<series uid>#<suffixes>"`` (e.g. ``"1.2.3#echo2"``, ``"1.2.3#axial"``); an unsplit series' ``stack_id`` is its
 UID. With ``split_stacks=False`` such mixtures are reported as problems of the series instead.
 
@@ -29,7 +34,7 @@ from medseg.data.dicom.geometry import (
     plane_name,
     same_orientation,
 )
-from medseg.data.dicom.header import SkippedFile, SliceHeader, read_slice_header
+from medseg.data.dicom.header import SkippedFile, SliceHeader, read_image_headers
 from medseg.errors import InputError, Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
@@ -46,11 +51,12 @@ __all__ = [
 
 @dataclass(eq=False)
 class SeriesInfo:
-    """One stack of single-frame slices that can become one 3D volume.
+    """One stack of slices that can become one 3D volume.
 
-    ``files`` (absolute) and ``slices`` are in spatial order (ascending along the slice normal). ``shape`` and
-    ``spacing`` are (i, j, k) = (columns, rows, slices); ``affine`` is the RAS affine (``None`` when geometry tags
-    are missing); ``orientation`` its axis codes (e.g. ``"LPS"``). ``problems`` are the geometry / integrity
+    ``files`` (absolute) and ``slices`` are in spatial order (ascending along the slice normal); for a multi-frame
+    source ``files`` repeats the file once per slice (``slices[k].frame`` is the frame) and ``source_files`` lists
+    each file once. ``shape`` and ``spacing`` are (i, j, k) = (columns, rows, slices); ``affine`` is the RAS affine
+    (``None`` when geometry tags are missing); ``orientation`` its axis codes (e.g. ``"LPS"``). ``problems`` are the geometry / integrity
     problems that make :func:`medseg.data.dicom.reader.load_dicom_series` refuse the stack.
     """
 
@@ -78,6 +84,16 @@ class SeriesInfo:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def multiframe(self) -> bool:
+        """True when the slices are frames of multi-frame file(s)."""
+        return any(h.frame is not None for h in self.slices)
+
+    @property
+    def source_files(self) -> list[Path]:
+        """The stack's files, each once, in order of first appearance along the stack."""
+        return list(dict.fromkeys(self.files))
 
     def summary(self) -> str:
         """One line for listings: uid tail, modality, description, slices, shape, problems."""
@@ -170,6 +186,7 @@ def group_stacks(
         groups = [("", members)]
         if split_stacks:
             groups = _split(groups, lambda h: (h.columns, h.rows), lambda v: f"#{v[0]}x{v[1]}")
+            groups = _split(groups, lambda h: h.stack, lambda v: f"#stack{v or 'none'}")
             groups = _split_orientation(groups)
             groups = _split(groups, lambda h: h.echo_number, lambda v: f"#echo{v or 'none'}")
             split_groups = []
@@ -234,14 +251,14 @@ def scan_dicom_files(
     problems: list[Problem] = []
     damaged: dict[str, list[Problem]] = {}
     for f in files:
-        result = read_slice_header(Path(f).absolute(), root)
+        result = read_image_headers(Path(f).absolute(), root)
         if isinstance(result, SkippedFile):
             problems.append(result.problem)
             if result.series_uid:
                 damaged.setdefault(result.series_uid, []).append(result.problem)
             logger.debug("skipped %s", result.problem)
         else:
-            headers.append(result)
+            headers.extend(result)
     series = [
         _series_info(stack_id, group, root)
         for stack_id, group in group_stacks(headers, split_stacks=split_stacks)
