@@ -8,6 +8,7 @@ within 100 mm of the origin (positions exact to 5e-5 mm) for the 1e-4 mm affine 
 
 from __future__ import annotations
 
+import csv
 import shutil
 import subprocess
 import sys
@@ -327,6 +328,45 @@ def test_temporal_positions_in_one_file_are_split_never_mixed(tmp_path: Path) ->
     assert np.array_equal(load_dicom_series(stacks[1])[0], second)
 
 
+def test_batch_quarantines_the_seg_of_one_temporal_position_and_segments_it_without_seg(
+    tmp_path: Path,
+) -> None:
+    """Two temporal positions at the same positions in one file: a SEG could not say which one it segments.
+    With the seg output each stack is QUARANTINED (final, not retried); without it both are segmented."""
+    volumes = [
+        _classic(tmp_path / "a", seed=1)[::2],
+        _classic(tmp_path / "b", seed=2, volume=_volume(9))[::2],
+    ]
+    mf = _dcmulti(volumes[0][1] + volumes[1][1], tmp_path / "archive" / "study" / "image.dcm")
+
+    def temporal_index(ds: Dataset) -> None:
+        for number, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            group.FrameContentSequence[0].TemporalPositionIndex = 1 if number < 8 else 2
+
+    _edit(mf, temporal_index)
+    root = tmp_path / "archive"
+    with_seg = segment_archive(
+        root, tmp_path / "out", threshold_predictor(), name_key=NAME_KEY, progress=False
+    )
+    assert (with_seg.done, with_seg.quarantined, with_seg.failed) == (0, 2, 0)
+    rows = list(csv.DictReader((tmp_path / "out" / "quarantine.csv").open()))
+    assert {r["reason"] for r in rows} == {"UNSUPPORTED_FORMAT"}
+    assert all(
+        "--formats nifti,report,qc" in r["detail"] and "temporal positions" in r["detail"] for r in rows
+    )
+    again = segment_archive(root, tmp_path / "out", threshold_predictor(), name_key=NAME_KEY, progress=False)
+    assert (again.done, again.quarantined, again.failed) == (0, 2, 0)
+
+    out = tmp_path / "no-seg"
+    summary = segment_archive(
+        root, out, threshold_predictor(), name_key=NAME_KEY, progress=False, formats=("nifti", "report")
+    )
+    assert (summary.done, summary.quarantined, summary.failed) == (2, 0, 0)
+    for series, (volume, _files) in zip(scan_dicom_tree(root).series, volumes, strict=True):
+        label = nib.load(out / keyed_name(NAME_KEY, "series", series.stack_id) / "label.nii.gz")
+        np.testing.assert_array_equal(np.asarray(label.dataobj), (volume > THRESHOLD_HU).astype(np.uint8))
+
+
 def _no_functional_groups(tmp_path: Path, files: list[Path]) -> None:  # dcmulti makes a classic MF from PET
     _dcmulti(files, tmp_path / "mf" / "image.dcm")
 
@@ -385,7 +425,7 @@ def test_load_volume_info_and_series_rules_with_a_multiframe_series(tmp_path: Pa
     out = capsys.readouterr().out
     assert "DICOM: 2 series/stack(s), 0 skipped file(s)" in out
     mr_line = next(line for line in out.splitlines() if line.strip().startswith("[") and " MR " in line)
-    assert "slices=8" in mr_line and "shape=12x14x8" in mr_line and mr_line.endswith("ok")
+    assert "frames=8 (multi-frame)" in mr_line and "shape=12x14x8" in mr_line and mr_line.endswith("ok")
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:

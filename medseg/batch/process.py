@@ -25,7 +25,7 @@ from medseg.batch.publish import checksum_folder, new_temp_folder, publish_folde
 from medseg.batch.reading import LoadedItem, load_item
 from medseg.batch.report import QuarantineEntry
 from medseg.data.dicom import SeriesInfo
-from medseg.errors import InputError
+from medseg.errors import InputError, ReasonCode
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def _write_case(
 ) -> dict[str, str]:
     """Write the case's outputs into a temp folder, checksum them, and rename the folder to ``OUTPUT/<key>``."""
     from medseg.outputs import write_case_outputs
+    from medseg.outputs.dicom_seg import UnsupportedSegSourceError
 
     item = loaded.item
     tmp = new_temp_folder(ctx.output, item.key)
@@ -115,6 +116,13 @@ def _write_case(
         )
         checksums = checksum_folder(tmp)
         publish_folder(tmp, ctx.output / item.key)
+    except UnsupportedSegSourceError as exc:  # final for this input: quarantined, not retried every run
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(
+            ReasonCode.UNSUPPORTED_FORMAT,
+            item.relative_path,
+            f"{exc}; run without the seg output (--formats nifti,report,qc) to segment this series",
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -53,7 +53,8 @@ def _series_lines(root: Path) -> Iterator[str]:
         spacing = _spacing(s.spacing) if s.spacing else "?"
         status = "ok" if s.ok else "PROBLEMS"
         yield (
-            f"  [{i}] {s.modality or '?':<3} {s.series_description!r} slices={s.n_slices} "
+            f"  [{i}] {s.modality or '?':<3} {s.series_description!r} "
+            f"{'frames' if s.multiframe else 'slices'}={s.n_slices}{' (multi-frame)' if s.multiframe else ''} "
             f"shape={'x'.join(map(str, s.shape))} spacing={spacing} mm orientation={s.orientation or '?'} "
             f"image_type={'/'.join(s.image_type)} uid=...{s.stack_id[-20:]} {status}"
         )

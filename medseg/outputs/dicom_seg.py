@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_CATEGORY",
     "DEFAULT_TYPE",
     "NoSegmentsError",
+    "UnsupportedSegSourceError",
     "SegMetadata",
     "load_source_datasets",
     "source_affine",
@@ -72,6 +73,11 @@ _MAX_LABEL_CHARS = 64  # SegmentLabel is LO
 
 class NoSegmentsError(MedsegError, ValueError):
     """The label map has no foreground voxel, so there is no segment to write."""
+
+
+class UnsupportedSegSourceError(MedsegError, ValueError):
+    """The source series is readable but a SEG cannot reference it (one stack or temporal position of a
+    multi-frame file, or a series spread over several multi-frame files)."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,7 @@ def _check_sources(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]
                 f"source slices must share one non-empty {keyword}, found {len(values)} value(s)"
             )
     if any(_is_multiframe(ds) for ds in datasets):
-        raise ValueError(
+        raise UnsupportedSegSourceError(
             "a DICOM SEG references either single-frame slices or exactly one multi-frame image; "
             f"got {len(datasets)} source files including multi-frame ones"
         )
@@ -239,7 +245,7 @@ def _frames_on_grid(infos: Sequence[Any], given: np.ndarray, n_slices: int) -> l
     doubled = {k: v for k, v in at.items() if len(v) > 1}
     if doubled:
         k, frames = next(iter(doubled.items()))
-        raise ValueError(
+        raise UnsupportedSegSourceError(
             f"frames {[f + 1 for f in frames]} of the multi-frame source all lie at label slice {k} (several "
             "temporal positions or stacks); a DICOM SEG cannot say which one it segments"
         )
