@@ -79,9 +79,7 @@ def _check_model(
     postprocess: bool | Mapping[str, Any] | None,
 ) -> None:
     if isinstance(model, str | os.PathLike):
-        if postprocess is not None and not isinstance(postprocess, bool | Mapping):
-            raise ConfigError(f"postprocess must be None, true/false or a mapping, got {postprocess!r}")
-        return
+        return  # settings are checked when the model is loaded (resolve_postprocess), before anything is written
     if not hasattr(model, "predict") or not hasattr(model, "spec"):
         raise ConfigError(
             f"model must be a model URI / checkpoint path or a Predictor, got {type(model).__name__}"

@@ -258,30 +258,14 @@ class PostprocessConfig:
     connectivity: int | None = None
 
     def __post_init__(self) -> None:
+        self.build()
+
+    def build(self) -> Any:
+        """The :class:`medseg.inference.postprocess.Postprocess` of these settings (ConfigError when invalid)."""
+        from medseg.config.validate import to_dict
         from medseg.inference.postprocess import Postprocess
 
-        Postprocess.from_config(self.to_mapping(), "inference.postprocess")
-
-    def to_mapping(self) -> dict[str, Any]:
-        """The plain-data form stored in a model's spec (``ModelSpec.inference["postprocess"]``)."""
-        return {
-            "largest_component": (
-                list(self.largest_component)
-                if isinstance(self.largest_component, list)
-                else self.largest_component
-            ),
-            "min_volume_mm3": (
-                dict(self.min_volume_mm3) if isinstance(self.min_volume_mm3, dict) else self.min_volume_mm3
-            ),
-            "connectivity": self.connectivity,
-        }
-
-    def label_values(self) -> set[int]:
-        """The label values the settings name (for the check against ``data.labels``)."""
-        values = set(self.largest_component) if isinstance(self.largest_component, list) else set()
-        if isinstance(self.min_volume_mm3, dict):
-            values |= set(self.min_volume_mm3)
-        return values
+        return Postprocess.from_config(to_dict(self), "inference.postprocess")
 
 
 @dataclass(frozen=True)
@@ -308,7 +292,7 @@ def check_consistency(config: Any) -> None:
         raise ConfigError(
             f"train.patch_size: expected {dims} sizes for data.spatial_dims={dims}, got {list(config.train.patch_size)}"
         )
-    unknown = sorted(config.inference.postprocess.label_values() - set(config.data.labels))
+    unknown = sorted(config.inference.postprocess.build().label_values - set(config.data.labels))
     if unknown:
         raise ConfigError(
             f"inference.postprocess: label value(s) {unknown} are not in data.labels {sorted(config.data.labels)}"

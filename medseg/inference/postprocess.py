@@ -302,6 +302,14 @@ class Postprocess(Transform):
         )
         return self.largest_component is False and no_removal
 
+    @property
+    def label_values(self) -> set[int]:
+        """The label values the settings name (a list of labels, or the keys of per-label thresholds)."""
+        values = set(self.largest_component) if isinstance(self.largest_component, list) else set()
+        if isinstance(self.min_volume_mm3, dict):
+            values |= set(self.min_volume_mm3)
+        return values
+
     def to_config(self) -> dict[str, Any]:
         return {
             "largest_component": self.largest_component,

@@ -102,10 +102,7 @@ def resolve_postprocess(
         raise ConfigError(
             f"postprocess must be None, True, False, a mapping or a Postprocess, got {type(postprocess).__name__}"
         )
-    named = set(result.largest_component) if isinstance(result.largest_component, list) else set()
-    if isinstance(result.min_volume_mm3, dict):
-        named |= set(result.min_volume_mm3)
-    unknown = sorted(v for v in named if v not in {int(k) for k in spec.labels})
+    unknown = sorted(result.label_values - {int(k) for k in spec.labels})
     if unknown:
         raise ConfigError(
             f"postprocess: label value(s) {unknown} are not labels of the model; its labels: {dict(spec.labels)}"

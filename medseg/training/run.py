@@ -105,7 +105,7 @@ def build_model_spec(config: MedsegConfig, model: torch.nn.Module) -> ModelSpec:
             "sw_batch_size": inf.sw_batch_size,
             "mode": inf.mode,
             "slice_axis": d.slice_axis,
-            "postprocess": inf.postprocess.to_mapping(),
+            "postprocess": to_dict(inf.postprocess),
         },
         config=public_config(config),
         medseg_version=__version__,
