@@ -116,7 +116,6 @@ def train_model(
     import torch
 
     from medseg.checkpoint import Checkpoint, save_checkpoint
-    from medseg.losses import build_loss
     from medseg.nets import build_network
     from medseg.training.run import build_model_spec
 
@@ -131,7 +130,7 @@ def train_model(
     fov = np.asarray(study_shape) * np.asarray(study_spacing)  # same field of view as the test study
     shape = tuple(int(round(f / s)) for f, s in zip(fov, MODEL_SPACING, strict=True))
     cases = [_training_case(seed, shape) for seed in TRAIN_SEEDS]
-    loss_fn = build_loss(config.loss.name, **config.loss.build_options())
+    loss_fn = config.loss.build()
     opt = torch.optim.AdamW(model.parameters(), lr=TRAIN_LR, weight_decay=1e-5)
     model.train()
     fmt = torch.channels_last_3d  # faster 3D convolutions on CPU

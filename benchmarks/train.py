@@ -33,7 +33,7 @@ from nets import build_pairs  # noqa: E402  (benchmarks/nets.py)
 from nets import train_step as bare_step  # noqa: E402
 
 from medseg.config import load_config  # noqa: E402
-from medseg.losses import DeepSupervisionLoss, build_loss  # noqa: E402
+from medseg.losses import DeepSupervisionLoss  # noqa: E402
 from medseg.nets import build_network  # noqa: E402
 from medseg.training import Trainer  # noqa: E402
 from medseg.training.optim import build_optimizer, build_poly_schedule  # noqa: E402
@@ -53,8 +53,7 @@ def five_levels(features: tuple[int, ...]) -> tuple[int, ...]:
 def full_step(config, kind: str, size: int, device: torch.device, workdir: Path) -> Callable[[], None]:
     """medseg's Trainer.train_step with the config's loss, deep supervision and clipping on one random patch."""
     net = build_network(**{**config.network.build_kwargs(3, 1, 2), "name": kind}).to(device)
-    inner = build_loss(config.loss.name, **config.loss.build_options())
-    loss = DeepSupervisionLoss(inner, config.loss.deep_supervision_weights)
+    loss = DeepSupervisionLoss(config.loss.build(), config.loss.deep_supervision_weights)
     tc = config.train
     optimizer = build_optimizer(
         net.parameters(), tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.nesterov
@@ -71,7 +70,6 @@ def full_step(config, kind: str, size: int, device: torch.device, workdir: Path)
         epochs=tc.epochs,
         device=device,
         amp=tc.amp,
-        needs_dist=getattr(inner, "requires_dist", False),
         grad_clip=tc.grad_clip,
     )
     label = (torch.rand(1, 1, size, size, size) > 0.8).float()

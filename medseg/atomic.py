@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +23,16 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(folder: Path, suffix: str) -> Path:
+    """A new empty file ``folder/.medseg-tmp-<random><suffix>``, created exclusively with mode 0666 less the umask
+    (the mode a plain ``open()`` gives; the kernel applies the umask, so no process-wide umask is touched)."""
+    while True:
+        tmp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+        return tmp
 
 
 @contextlib.contextmanager
@@ -39,10 +45,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; results get the mode a plain open() would give
-    tmp = Path(tmp_name)
+    tmp = _create_temp(target.parent, suffix)
     try:
         yield tmp
         with open(tmp, "rb") as fh:

@@ -19,7 +19,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -123,7 +122,7 @@ def run_demo(
     result.best_val_dice = trained.train.best_metrics.get("val/dice_mean")
     if trained.model is None:
         raise RuntimeError(f"training did not register a model: {trained.train.status} {trained.train.error or ''}")
-    result.model_uri = f"models:/{trained.model.name}@{trained.model.alias}"
+    result.model_uri = trained.model.alias_uri
 
     summary = segment_archive(data["archive"], out / "segmentations", result.model_uri, tracking_uri=uri,
                               progress=False)
@@ -147,6 +146,3 @@ def report_lines(r: DemoResult) -> list[str]:
         r.batch_table,
     ]
 
-
-def describe(result: DemoResult) -> Any:  # pragma: no cover - convenience
-    return "\n".join(line for line in report_lines(result) if line)

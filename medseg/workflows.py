@@ -88,6 +88,6 @@ def describe(result: TrainRegisterResult) -> Mapping[str, Any]:
         "best_checkpoint": str(t.best_checkpoint) if t.best_checkpoint else None,
         "tracking_uri": result.tracking_uri,
         "run_id": result.run_id,
-        "model_uri": f"models:/{result.model.name}@{result.model.alias}" if result.model else None,
+        "model_uri": (result.model.alias_uri or result.model.uri) if result.model else None,
         "offline": result.tracking_report.get("offline"),
     }

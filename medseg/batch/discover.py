@@ -31,15 +31,13 @@ from typing import Any
 
 from medseg.batch.naming import keyed_name
 from medseg.data.dicom import DicomScan, SeriesInfo, SeriesRule, scan_dicom_files, select_series
-from medseg.data.nifti import is_nifti
-from medseg.data.sitk_reader import is_sitk_volume
+from medseg.data.io import is_volume_file, volume_stem
 from medseg.errors import InputError, Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Discovery", "ItemKind", "WorkItem", "discover", "is_volume_file", "volume_stem"]
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class ItemKind(str, Enum):
@@ -98,20 +96,6 @@ class Discovery:
             name = "quarantined" if item.quarantined else item.kind.value
             out[name] = out.get(name, 0) + 1
         return out
-
-
-def is_volume_file(path: str | os.PathLike) -> bool:
-    """True for the volume formats medseg reads from a single file (NIfTI, NRRD, MetaImage)."""
-    return is_nifti(path) or is_sitk_volume(path)
-
-
-def volume_stem(name: str) -> str:
-    """``"CT.nii.gz"`` -> ``"CT"``: the file name without its volume suffix."""
-    lower = name.lower()
-    for suffix in _VOLUME_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -107,12 +107,16 @@ class LossConfig:
     deep_supervision_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
-        from medseg.losses import build_loss
-
         try:
-            build_loss(self.name, **self.build_options())
+            self.build()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"loss: {exc}") from exc
+
+    def build(self) -> Any:
+        """The loss module of these settings (without the deep supervision wrapper)."""
+        from medseg.losses import build_loss
+
+        return build_loss(self.name, **self.build_options())
 
     def build_options(self) -> dict[str, Any]:
         """``options`` with ``to_onehot_y`` set for class-index targets."""

@@ -19,13 +19,30 @@ from monai.data import ImageReader, MetaTensor
 from monai.utils import MetaKeys
 
 from medseg.atomic import atomic_path
-from medseg.data.nifti import NiftiReader, is_nifti
-from medseg.data.sitk_reader import SimpleITKReader, is_sitk_volume
+from medseg.data.nifti import NIFTI_SUFFIXES, NiftiReader, is_nifti
+from medseg.data.sitk_reader import SITK_SUFFIXES, SimpleITKReader, is_sitk_volume
 from medseg.errors import InputError, ReasonCode
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), or a folder of DICOM files"
+
+
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES)
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    """True for the volume formats medseg reads from a single file (NIfTI, NRRD, MetaImage)."""
+    return is_nifti(path) or is_sitk_volume(path)
+
+
+def volume_stem(name: str) -> str:
+    """``"CT.nii.gz"`` -> ``"CT"``: the file name without its volume suffix (unchanged when it has none)."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def reader_for(path: str | os.PathLike, *, series_rule: Any = None, allow_nan: bool = False) -> ImageReader:

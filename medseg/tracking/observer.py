@@ -34,10 +34,10 @@ class MLflowObserver:
         self.run_logger.log_dict(config, "config.json")
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        self.run_logger.log_metrics(_mlflow_names(metrics), step=epoch)
+        self.run_logger.log_metrics(metrics, step=epoch)
 
     def on_validation(self, epoch: int, metrics: Mapping[str, float], qc_pngs: Sequence[Path]) -> None:
-        self.run_logger.log_metrics(_mlflow_names(metrics), step=epoch)
+        self.run_logger.log_metrics(metrics, step=epoch)
         for png in qc_pngs:
             self.run_logger.log_image(png, artifact_path=f"qc/epoch_{epoch:03d}")
 
@@ -48,19 +48,11 @@ class MLflowObserver:
         if config_yaml.is_file():
             self.run_logger.log_artifact(config_yaml)
         if result.best_metrics:
-            self.run_logger.log_metrics({f"best/{k.split('/', 1)[-1]}": v for k, v in _mlflow_names(
-                result.best_metrics).items()}, step=int(result.best_epoch or 0))
+            best = {f"best/{k.split('/', 1)[-1]}": v for k, v in result.best_metrics.items()}
+            self.run_logger.log_metrics(best, step=int(result.best_epoch or 0))  # keys sanitised by RunLogger
         if result.error:
             self.run_logger.set_tags({"medseg.error": result.error[:500]})
         self.run_logger.set_tags({"medseg.status": result.status})
         # the run stays open for registration when training completed; the workflow ends it
         if not result.succeeded:
             self.run_logger.end(_STATUS.get(result.status, "FAILED"))
-
-
-def _mlflow_names(metrics: Mapping[str, float]) -> dict[str, float]:
-    """MLflow metric keys allow letters, digits, '_', '-', '.', ' ', '/': replace anything else."""
-    out = {}
-    for k, v in metrics.items():
-        out["".join(c if c.isalnum() or c in "_-./ " else "_" for c in k)] = float(v)
-    return out

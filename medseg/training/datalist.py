@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from medseg.data.io import is_volume_file, volume_stem
 from medseg.errors import ConfigError, InputError, MedsegError, Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _MAX_LISTED = 30
 
 
@@ -77,14 +77,6 @@ class DatalistError(MedsegError):
         )
 
 
-def _stem(path: Path) -> str | None:
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def _resolve(base: Path, value: str | os.PathLike) -> Path:
     p = Path(value)
     return p if p.is_absolute() else base / p
@@ -95,7 +87,7 @@ def _from_folder(root: Path, channels: Sequence[str], label: str) -> list[CaseEn
     for case in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files: dict[str, Path] = {}
         for item in case.iterdir():
-            stem = item.name if item.is_dir() else _stem(item)
+            stem = item.name if item.is_dir() else volume_stem(item.name) if is_volume_file(item) else None
             if stem is not None:
                 files[stem] = item
         # a channel or label without a file keeps its expected name, so validation reports it as missing

@@ -58,6 +58,7 @@ class Trainer:
             :class:`medseg.losses.DeepSupervisionLoss`), the scheduler is stepped once per epoch.
         spec: written into every checkpoint.
         loaders: ``epoch -> iterable of batches`` (``image``, ``label`` and, when ``needs_dist``, ``dist``).
+        needs_dist: whether batches carry distance maps for the loss (default: the loss's ``requires_dist``).
         validate: ``epoch -> (metrics, qc_pngs)``; ``val/dice_mean`` selects the best checkpoint.
         checkpoint_dir: where ``last.pt`` and ``best.pt`` go.
         epochs, val_every: epoch count and validation period (the last epoch is always validated).
@@ -81,7 +82,7 @@ class Trainer:
         val_every: int = 1,
         device: torch.device | str = "cpu",
         amp: bool = False,
-        needs_dist: bool = False,
+        needs_dist: bool | None = None,
         grad_clip: float | None = None,
         observer: Any = None,
     ) -> None:
@@ -92,6 +93,8 @@ class Trainer:
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        if needs_dist is None:  # the loss says whether it takes distance maps
+            needs_dist = bool(getattr(loss, "requires_dist", False))
         self.needs_dist, self.grad_clip, self.observer = needs_dist, grad_clip, observer
         self.state = LoopState()
 

@@ -30,7 +30,8 @@ from medseg.atomic import atomic_write_text
 from medseg.checkpoint import CheckpointError, ModelSpec, load_checkpoint
 from medseg.config import MedsegConfig, apply_overrides, from_dict, load_config, to_dict
 from medseg.errors import ConfigError
-from medseg.losses import DeepSupervisionLoss, build_loss
+from medseg.inference.predictor import resolve_device
+from medseg.losses import DeepSupervisionLoss
 from medseg.nets import build_network, network_config
 from medseg.training.data import epoch_loader, make_dataset, seed_everything
 from medseg.training.datalist import load_datalist, validate_datalist
@@ -59,12 +60,6 @@ def public_config(config: MedsegConfig) -> dict[str, Any]:
     data["datalist"]["path"] = None
     data["train"]["cache_dir"] = None
     return data
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @contextlib.contextmanager
@@ -184,9 +179,8 @@ def train(
     result = TrainResult(status="failed", workdir=work, dataset_summary=summary)
 
     with torch_settings(tc.deterministic, tc.num_threads):
-        needs_dist = bool(
-            getattr(build_loss(config.loss.name, **config.loss.build_options()), "requires_dist", False)
-        )
+        loss = DeepSupervisionLoss(config.loss.build(), config.loss.deep_supervision_weights)
+        needs_dist = loss.requires_dist
         cache_dir = (Path(tc.cache_dir) if tc.cache_dir else work / "cache") / _cache_key(config, needs_dist)
         train_ds = make_dataset(
             [e.as_item() for e in train_cases],
@@ -202,9 +196,6 @@ def train(
         model = build_network(
             **config.network.build_kwargs(d.spatial_dims, len(d.channels), d.num_classes)
         ).to(device)
-        loss = DeepSupervisionLoss(
-            build_loss(config.loss.name, **config.loss.build_options()), config.loss.deep_supervision_weights
-        )
         optimizer = build_optimizer(
             model.parameters(), tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.nesterov
         )
@@ -257,7 +248,6 @@ def train(
             val_every=tc.val_every,
             device=device,
             amp=tc.amp,
-            needs_dist=needs_dist,
             grad_clip=tc.grad_clip,
             observer=tracker,
         )
