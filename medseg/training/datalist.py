@@ -175,10 +175,26 @@ def load_datalist(
     return entries
 
 
-def _case_problems(entry: CaseEntry, data: Any, info: list[CaseInfo]) -> list[Problem]:
-    """Load one case the way training does; return its problems (empty when it is usable)."""
+def load_case(data: Any, sources: Mapping[str, Any], label: Any = None) -> tuple[Any, Any]:
+    """``(image, label)`` of one case: the channels of ``data`` (a :class:`medseg.config.DataConfig`) assembled from
+    ``sources`` (channel name -> file), and the label checked against the image's grid (None when not given)."""
     from medseg.data.channels import assemble_channels, load_label
 
+    image = assemble_channels(
+        sources,
+        data.channels,
+        resample=data.resample_channels,
+        tol_mm=data.geometry_tolerance_mm,
+        spatial_dims=data.file_dims,
+    )
+    if label is None:
+        return image, None
+    reference = sources[data.channel_names[0]]
+    return image, load_label(label, image, data.labels, reference_path=reference, tol_mm=data.geometry_tolerance_mm)
+
+
+def _case_problems(entry: CaseEntry, data: Any, info: list[CaseInfo]) -> list[Problem]:
+    """Load one case the way training does; return its problems (empty when it is usable)."""
     names = data.channel_names
     missing = [n for n in names if n not in entry.channels]
     if missing:
@@ -213,16 +229,7 @@ def _case_problems(entry: CaseEntry, data: Any, info: list[CaseInfo]) -> list[Pr
     if problems:
         return problems
     try:
-        image = assemble_channels(
-            entry.channels,
-            data.channels,
-            resample=data.resample_channels,
-            tol_mm=data.geometry_tolerance_mm,
-            spatial_dims=data.file_dims,
-        )
-        label = load_label(
-            entry.label, image, data.labels, reference_path=reference, tol_mm=data.geometry_tolerance_mm
-        )
+        image, label = load_case(data, entry.channels, entry.label)
     except InputError as exc:
         return [Problem(exc.code, exc.path, f"case {entry.case_id}: {exc.detail}")]
     spacing = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:-1, :-1], axis=0)

@@ -41,10 +41,10 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from medseg.data.channels import assemble_channels, load_label
 from medseg.data.distance import SignedDistanceMapd
 from medseg.data.normalization import ChannelNormalized
 from medseg.data.preprocess import CheckGeometryd, build_preprocess
+from medseg.training.datalist import load_case
 
 logger = logging.getLogger(__name__)
 
@@ -65,23 +65,8 @@ class LoadCased(MapTransform):
 
     def __call__(self, item: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = {k: v for k, v in item.items() if k != "channels"}
-        sources = item["channels"]
-        image = assemble_channels(
-            sources,
-            self.data.channels,
-            resample=self.data.resample_channels,
-            tol_mm=self.data.geometry_tolerance_mm,
-            spatial_dims=self.data.file_dims,
-        )
-        d[IMAGE] = image
-        if item.get(LABEL) is not None:
-            label = load_label(
-                item[LABEL],
-                image,
-                self.data.labels,
-                reference_path=sources[self.data.channel_names[0]],
-                tol_mm=self.data.geometry_tolerance_mm,
-            )
+        d[IMAGE], label = load_case(self.data, item["channels"], item.get(LABEL))
+        if label is not None:
             d[LABEL] = label.float()
         return d
 
