@@ -312,12 +312,6 @@ def _spawn(which: str, model: Path, image_path: Path, out: Path, threads: int, s
 
 
 # ------------------------------------------------------------------------------------------------ comparison
-def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
-    x, y = a == value, b == value
-    total = int(x.sum()) + int(y.sum())
-    return 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
-
-
 def write_study(path: Path, truth_path: Path, shape: tuple[int, ...], spacing: tuple[float, ...]) -> None:
     """The test CT as int16 NIfTI (as scanners store CT) and its ground truth label."""
     import nibabel as nib
@@ -402,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     inc = (med["medseg"]["peak_mb"] - med["medseg"]["baseline_mb"]) / (
         med["monai"]["peak_mb"] - med["monai"]["baseline_mb"]
     )
+    from medseg.metrics import dice
+
     agree = {name: dice(a, b, v) for v, name in LABELS.items() if v}
     vs_truth = {name: (dice(a, gt, v), dice(b, gt, v)) for v, name in LABELS.items() if v}
     print(

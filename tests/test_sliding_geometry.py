@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from medseg.data.normalization import CTWindow, ZScore
 from medseg.data.preprocess import build_preprocess
 from medseg.inference.aggregate import Slab
 from medseg.inference.invert import LabelInverter
-from medseg.inference.prepare import CropRule, crop_rule, foreground_box, model_grid, prepare
+from medseg.inference.prepare import CropRule, crop_rule, foreground_box, model_grid, resample_box
 from medseg.inference.resample import axis_maps, stencil
 from medseg.synthetic.phantoms import make_affine
 
@@ -31,6 +34,20 @@ def _image(axcodes, rotation, spacing, shape=(29, 34, 21), seed=0):
     data[5:-6, 7:-4, 3:-2] += 1000.0  # a "body" above -500 HU away from the borders
     affine = make_affine(shape, spacing, axcodes=axcodes, rotation_deg=rotation)
     return MetaTensor(torch.from_numpy(data)[None], affine=torch.as_tensor(affine))
+
+
+@dataclass
+class Prepared:
+    image: torch.Tensor
+    grid: Any
+    box: tuple[tuple[int, int], ...]
+
+
+def prepare(image, normalizers, orientation, spacing, crop=None) -> Prepared:
+    """The study preprocessed inside its foreground box (the whole model grid without ``crop``)."""
+    grid = model_grid(image, orientation, spacing)
+    box = foreground_box(image.as_tensor(), grid, crop) if crop is not None else grid.whole
+    return Prepared(resample_box(image, normalizers, grid, box), grid, box)
 
 
 @pytest.mark.parametrize("axcodes,rotation,spacing", GRIDS)

@@ -19,6 +19,7 @@ name items by key and reason code only; input paths appear only in ``quarantine.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -113,7 +114,7 @@ def _predictor(
     pp = dict(postprocess) if isinstance(postprocess, Mapping) else postprocess
     source = ModelSource(str(model), str(device), tracking_uri, bool(tta), overlap, sw_batch_size, pp)
     if workers > 1:  # the parent only needs the spec and the weights' hash
-        cpu = ModelSource(str(model), "cpu", tracking_uri, bool(tta), overlap, sw_batch_size, pp)
+        cpu = dataclasses.replace(source, device="cpu")
         return cpu.load(), source
     return source.load(), None
 

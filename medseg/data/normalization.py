@@ -102,6 +102,9 @@ class Normalizer:
     """Base class: a single-channel intensity mapping, ``normalizer(img, mask=None) -> float32 img``."""
 
     name: str = ""
+    #: True when an output voxel depends on its input voxel only (no image statistics): the normalizer may then
+    #: run on any block of an image with the same result as on the whole
+    pointwise: bool = False
 
     def __call__(self, img: ArrayLike, mask: ArrayLike | None = None) -> ArrayLike:
         x = _as_tensor(img)
@@ -123,6 +126,7 @@ class NoNormalization(Normalizer):
     """Leave intensities unchanged (only cast to float32)."""
 
     name = "none"
+    pointwise = True
 
     def __init__(self) -> None:
         pass
@@ -138,6 +142,7 @@ class CTWindow(Normalizer):
     """
 
     name = "ct_window"
+    pointwise = True
 
     def __init__(self, center: float, width: float, out_range: Sequence[float] = (0.0, 1.0)) -> None:
         _check_finite("ct_window", center=center, width=width)

@@ -62,7 +62,6 @@ class SlabAggregator:
         self.capacity = int(capacity)
         self.device = torch.device(device)
         self.done = 0  # planes before this are final and handed out
-        self.end = 0  # planes at or after this have not been touched yet
         self._sum: torch.Tensor | None = None
         self._weight: torch.Tensor | None = None
         self.allocations: list[tuple[int, ...]] = []
@@ -107,7 +106,6 @@ class SlabAggregator:
             src[self.axis] = rel
             self._sum[(slice(None), *dst)] += weighted[(slice(None), *src)]
             self._weight[(slice(None), *dst)] += weight[(slice(None), *src)]
-        self.end = max(self.end, a1)
 
     def flush(self, upto: int) -> Iterator[Slab]:
         """Hand out planes ``[done, upto)`` as final (blended) slabs and clear their ring planes.

@@ -173,7 +173,6 @@ class Predictor:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.postprocess = resolve_postprocess(spec, postprocess)
         self._normalizers: list[Any] | None = None
-        self._preprocess = None
 
     @classmethod
     def from_checkpoint(
@@ -193,13 +192,11 @@ class Predictor:
     @property
     def normalizers(self) -> list[Any]:
         """One normalizer per channel of the data contract."""
-        from medseg.data.normalization import build_normalizer
+        from medseg.data.normalization import ChannelNormalize
 
-        if self._normalizers is None:
-            self._normalizers = []
-            for ch in self.spec.channels:
-                params = dict(ch.get("normalization") or {"name": "none"})
-                self._normalizers.append(build_normalizer(params.pop("name"), **params))
+        if self._normalizers is None:  # a channel without a normalization entry is used as it is
+            specs = [ch.get("normalization") or {"name": "none"} for ch in self.spec.channels]
+            self._normalizers = ChannelNormalize(specs).normalizers
         return self._normalizers
 
     def target_spacing(self, image: MetaTensor) -> list[float]:
@@ -207,21 +204,6 @@ class Predictor:
         if self.spec.spacing is not None:
             return [float(s) for s in self.spec.spacing]
         return native_spacing(image.affine, self.spec.orientation[: image.ndim - 1])
-
-    def preprocess_transform(self, image: MetaTensor):
-        """The MONAI ``Compose`` of the training preprocessing (for inspection; ``predict`` does not use it)."""
-        from medseg.data.preprocess import build_preprocess
-
-        if self._preprocess is None or self.spec.spacing is None:
-            self._preprocess = build_preprocess(
-                "image",
-                None,
-                self.target_spacing(image),
-                orientation=self.spec.orientation[: image.ndim - 1],
-                normalizers=self.normalizers,
-                channel_names=self.spec.channel_names,
-            )
-        return self._preprocess
 
     def check_channels(self, image: MetaTensor) -> None:
         n = len(self.spec.channels)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from medseg.data.normalization import ChannelNormalize, CTWindow, NoNormalization, Normalizer
+from medseg.data.normalization import ChannelNormalize, Normalizer
 from medseg.inference.resample import AxisMap, Stencil, axis_maps, index_range, lerp_axis, stencil
 
 logger = logging.getLogger(__name__)
@@ -32,15 +32,12 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CropRule",
     "ModelGrid",
-    "Prepared",
     "crop_rule",
     "foreground_box",
     "model_grid",
-    "prepare",
     "resample_box",
 ]
 
-POINTWISE = (CTWindow, NoNormalization)
 CHUNK_VOXELS = 1 << 18  # study voxels per channel read, normalized and resampled at a time
 
 
@@ -86,21 +83,6 @@ class ModelGrid:
     @property
     def whole(self) -> tuple[tuple[int, int], ...]:
         return tuple((0, n) for n in self.shape)
-
-
-@dataclass
-class Prepared:
-    """A study preprocessed inside a box of its model grid.
-
-    Attributes:
-        image: ``(C, *box)`` float32 preprocessed voxels of the box.
-        grid: the whole model grid.
-        box: per axis ``(start, stop)`` of the box in the model grid.
-    """
-
-    image: torch.Tensor
-    grid: ModelGrid
-    box: tuple[tuple[int, int], ...]
 
 
 def model_grid(image: MetaTensor, orientation: str, spacing: Sequence[float]) -> ModelGrid:
@@ -181,12 +163,6 @@ def foreground_box(image: torch.Tensor, grid: ModelGrid, rule: CropRule) -> tupl
     return tuple(box)
 
 
-def _normalize_chunk(block: torch.Tensor, normalizers: Sequence[Normalizer] | None) -> torch.Tensor:
-    if normalizers is None:
-        return block.to(torch.float32)
-    return torch.stack([norm(block[c]) for c, norm in enumerate(normalizers)])
-
-
 def resample_box(
     image: MetaTensor, normalizers: Sequence[Normalizer], grid: ModelGrid, box: Sequence[tuple[int, int]]
 ) -> torch.Tensor:
@@ -195,13 +171,10 @@ def resample_box(
     Equal (to float rounding) to the same box of :func:`medseg.data.preprocess.build_preprocess`'s output.
     """
     native = image.as_tensor()
-    if not all(
-        isinstance(n, POINTWISE) for n in normalizers
-    ):  # statistics over the whole image, as in training
-        native = ChannelNormalize(list(normalizers))(native)
-        chunk_norm: Sequence[Normalizer] | None = None
-    else:
-        chunk_norm = normalizers
+    normalize = ChannelNormalize(list(normalizers))
+    pointwise = all(n.pointwise for n in normalize.normalizers)  # else: statistics of the whole image, as in training
+    if not pointwise:
+        native = normalize(native)
     maps, nd = grid.maps, len(grid.shape)
     sten = [
         stencil(mp.coords(np.arange(box[d][0], box[d][1])), native.shape[1 + mp.src_axis])
@@ -225,7 +198,8 @@ def resample_box(
         src: list[slice] = [slice(None)] * (nd + 1)
         for d, mp in enumerate(maps):
             src[1 + mp.src_axis] = slice(*ranges[d])
-        block = _normalize_chunk(native[tuple(src)], chunk_norm)
+        block = native[tuple(src)]
+        block = normalize(block) if pointwise else block.to(torch.float32)
         block = block.permute(0, *[1 + mp.src_axis for mp in maps])  # study axes -> model axis order
         for d in range(nd):
             block = lerp_axis(block, 1 + d, part[d].shifted(ranges[d][0]))
@@ -234,16 +208,3 @@ def resample_box(
         out[tuple(dst)] = block
     return out
 
-
-def prepare(
-    image: MetaTensor,
-    normalizers: Sequence[Normalizer],
-    orientation: str,
-    spacing: Sequence[float],
-    crop: CropRule | None = None,
-) -> Prepared:
-    """Preprocess ``image`` (``(C, *spatial)`` MetaTensor) inside its foreground box (the whole grid without
-    ``crop``): equal, to float rounding, to the training preprocessing followed by the training crop."""
-    grid = model_grid(image, orientation, spacing)
-    box = foreground_box(image.as_tensor(), grid, crop) if crop is not None else grid.whole
-    return Prepared(resample_box(image, normalizers, grid, box), grid, box)

@@ -317,12 +317,6 @@ class SlidingWindow:
 def _crop(slab: Slab, offset: Sequence[int], shape: Sequence[int]) -> Slab | None:
     """The part of a slab of the padded span that lies in the image (at ``offset``), in image coordinates."""
     a = slab.axis
-    if (
-        not any(offset)
-        and all(n == s for d, (n, s) in enumerate(zip(slab.scores.shape[1:], shape, strict=True)) if d != a)
-        and slab.stop <= shape[a]
-    ):
-        return slab
     lo = max(slab.start, offset[a])
     hi = min(slab.stop, offset[a] + shape[a])
     if hi <= lo:
