@@ -36,7 +36,7 @@ from medseg.errors import InputError, Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Discovery", "ItemKind", "WorkItem", "discover", "is_volume_file", "volume_stem"]
+__all__ = ["Discovery", "ItemKind", "WorkItem", "discover"]
 
 
 

@@ -47,6 +47,7 @@ from pydicom.uid import generate_uid
 
 from medseg import __version__
 from medseg.atomic import atomic_path
+from medseg.data.dicom.multiframe import frame_infos, is_multiframe
 from medseg.errors import MedsegError
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def load_source_datasets(source: str | os.PathLike | Sequence[str | os.PathLike 
         series = scan.series[0]
         if series.problems:
             raise series.problems[0].to_error()
-        items: Sequence[Any] = series.files
+        items: Sequence[Any] = series.source_files
     else:
         items = list(source)
     if not items:
@@ -171,12 +172,6 @@ class _Grid:
     frames: tuple[int, ...] | None = None
 
 
-def _is_multiframe(ds: Dataset) -> bool:
-    from medseg.data.dicom.multiframe import is_multiframe
-
-    return is_multiframe(ds)
-
-
 def _check_sources(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]:
     """Check the slices form one single-frame stack in ascending order; return (IOP, positions)."""
     first = datasets[0]
@@ -186,7 +181,7 @@ def _check_sources(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]
             raise ValueError(
                 f"source slices must share one non-empty {keyword}, found {len(values)} value(s)"
             )
-    if any(_is_multiframe(ds) for ds in datasets):
+    if any(is_multiframe(ds) for ds in datasets):
         raise UnsupportedSegSourceError(
             "a DICOM SEG references either single-frame slices or exactly one multi-frame image; "
             f"got {len(datasets)} source files including multi-frame ones"
@@ -255,8 +250,6 @@ def _frames_on_grid(infos: Sequence[Any], given: np.ndarray, n_slices: int) -> l
 def _multiframe_grid(ds: Dataset, affine: Any, n_slices: int) -> _Grid:
     """Geometry of the frames of one multi-frame source that the label's slices lie on (all frames, sorted along
     the normal, when no affine is given)."""
-    from medseg.data.dicom.multiframe import frame_infos
-
     infos = frame_infos(ds)  # MultiFrameError is a ValueError
     if affine is not None:
         frames = _frames_on_grid(infos, _affine_array(affine), n_slices)
@@ -282,7 +275,7 @@ def _multiframe_grid(ds: Dataset, affine: Any, n_slices: int) -> _Grid:
 
 
 def _source_grid(datasets: Sequence[Dataset], affine: Any = None, n_slices: int | None = None) -> _Grid:
-    if len(datasets) == 1 and _is_multiframe(datasets[0]):
+    if len(datasets) == 1 and is_multiframe(datasets[0]):
         ds = datasets[0]
         for keyword in ("SeriesInstanceUID", "FrameOfReferenceUID"):
             if not str(ds.get(keyword, "") or ""):

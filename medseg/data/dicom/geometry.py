@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.dicom.header import SliceHeader, relative_name, slice_label
+from medseg.data.dicom.header import SliceHeader, relative_name
 from medseg.errors import Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,12 @@ def _orthonormal_error(iop: Sequence[float]) -> float:
 def _frame(h: SliceHeader) -> str:
     """Detail prefix naming the frame of a multi-frame file ("" for a single-frame file)."""
     return "" if h.frame is None else f"frame {h.frame + 1}: "
+
+
+def _slice_label(h: SliceHeader, root: Path) -> str:
+    """A slice named for messages: its relative path, plus ``" frame N"`` (1-based) for a multi-frame file."""
+    name = relative_name(h.path, root)
+    return name if h.frame is None else f"{name} frame {h.frame + 1}"
 
 
 def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
@@ -207,13 +213,13 @@ def _position_problems(
             Problem(
                 ReasonCode.DUPLICATE_SLICE,
                 relative_name(slices[k + 1].path, root),
-                f"{_frame(slices[k + 1])}same position as {slice_label(slices[k], root)} (distance {steps[k]:.4g} mm along the normal)",
+                f"{_frame(slices[k + 1])}same position as {_slice_label(slices[k], root)} (distance {steps[k]:.4g} mm along the normal)",
             )
         )
     if problems or median == 0.0:
         return problems
     for k in np.flatnonzero(steps > MISSING_FACTOR * median):
-        a, b = slice_label(slices[k], root), slice_label(slices[k + 1], root)
+        a, b = _slice_label(slices[k], root), _slice_label(slices[k + 1], root)
         problems.append(
             Problem(
                 ReasonCode.MISSING_SLICE,

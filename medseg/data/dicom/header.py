@@ -13,7 +13,7 @@ without touching the pixels:
 Enhanced multi-frame images (Enhanced / Legacy Converted Enhanced CT, MR, PET, and any multi-frame image with
 functional groups) become one *virtual* :class:`SliceHeader` per frame (``frame`` = 0-based frame index), with the
 frame's geometry and rescale taken from the functional groups (:mod:`medseg.data.dicom.multiframe`); only these
-files are parsed a second time, in full, by pydicom. The single-frame path is unchanged.
+files' functional groups are read in the same pass as the other elements. The single-frame path is unchanged.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ __all__ = [
     "read_image_headers",
     "read_slice_header",
     "relative_name",
-    "slice_label",
     "UNDEFINED_LENGTH",
 ]
 
@@ -123,12 +122,6 @@ def relative_name(path: Path, root: Path) -> str:
         return Path(os.path.relpath(path, root)).as_posix()
 
 
-def slice_label(h: SliceHeader, root: Path) -> str:
-    """A slice named for messages: its relative path, plus ``" frame N"`` (1-based) for a multi-frame file."""
-    name = relative_name(h.path, root)
-    return name if h.frame is None else f"{name} frame {h.frame + 1}"
-
-
 # Tags read from each file (pydicom skips the others without storing them). Their values are decoded here from the
 # raw bytes where the VR is plain ASCII (UI, CS, DS, IS) or US; this is several times faster than pydicom's
 # general value conversion and matters when scanning thousands of files. Text in a character set
@@ -162,6 +155,9 @@ _TAGS = {
     "PixelRepresentation": 0x00280103,
     "RescaleIntercept": 0x00281052,
     "RescaleSlope": 0x00281053,
+    # the functional groups of enhanced multi-frame images (absent from single-frame files)
+    "SharedFunctionalGroupsSequence": 0x52009229,
+    "PerFrameFunctionalGroupsSequence": 0x52009230,
 }
 _TAG_LIST = list(_TAGS.values())
 _ASCII_VRS = {None, "UI", "CS", "DS", "IS"}
@@ -358,13 +354,18 @@ def read_image_headers(path: Path, root: Path) -> list[SliceHeader] | SkippedFil
         return [header]
     from medseg.data.dicom.multiframe import expand_frames  # the module imports this one
 
-    return expand_frames(header, frames, root)
+    return expand_frames(header, frames, root, ds)
 
 
 @functools.lru_cache(maxsize=256)
-def _is_enhanced(sop_class: str) -> bool:
+def is_enhanced_class(sop_class: str) -> bool:
     """Enhanced / Legacy Converted Enhanced image classes: geometry lives in the functional groups."""
     return "Enhanced" in UID(sop_class).name if sop_class else False
+
+
+def sop_class_name(sop_class: str) -> str:
+    """The SOP class's name for messages (``"unknown SOP class"`` when empty)."""
+    return UID(sop_class).name if sop_class else "unknown SOP class"
 
 
 def _classify(
@@ -396,7 +397,7 @@ def _classify(
                 "file ends before its pixel data (header cut short)",
                 _complete_series_uid(el, size),
             )
-        name = UID(sop_class).name if sop_class else "unknown SOP class"
+        name = sop_class_name(sop_class)
         return _problem(ReasonCode.NO_PIXEL_DATA, path, root, f"non-image object ({name}); skipped")
     if tag is not None and tag != _PIXEL_DATA and tag not in _FLOAT_PIXEL_DATA:
         return _problem(
@@ -417,9 +418,9 @@ def _classify(
         return _problem(
             ReasonCode.UNSUPPORTED_FORMAT, path, root, f"colour image ({samples} samples/pixel) not supported"
         )
-    multiframe = frames > 1 or _is_enhanced(sop_class)
+    multiframe = frames > 1 or is_enhanced_class(sop_class)
     if multiframe and not _is_image_class(sop_class):
-        name = UID(sop_class).name if sop_class else "unknown SOP class"
+        name = sop_class_name(sop_class)
         return _problem(
             ReasonCode.UNSUPPORTED_FORMAT,
             path,

@@ -25,17 +25,20 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID
 
-from medseg.data.dicom.header import SkippedFile, SliceHeader, relative_name
+from medseg.data.dicom.header import (
+    SkippedFile,
+    SliceHeader,
+    is_enhanced_class,
+    relative_name,
+    sop_class_name,
+)
 from medseg.errors import Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ def is_multiframe(ds: Dataset) -> bool:
     """True for a dataset whose geometry lives in functional groups (several frames, or an Enhanced class)."""
     frames = _int(ds.get("NumberOfFrames")) or 1
     sop_class = str(ds.get("SOPClassUID", "") or "")
-    return frames > 1 or "PerFrameFunctionalGroupsSequence" in ds or "Enhanced" in UID(sop_class).name
+    return frames > 1 or is_enhanced_class(sop_class)  # the rule read_image_headers applies
 
 
 def _int(value: object) -> int | None:
@@ -142,7 +145,7 @@ def frame_infos(ds: Dataset) -> list[FrameInfo]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame:
         sop_class = str(ds.get("SOPClassUID", "") or "")
-        name = UID(sop_class).name if sop_class else "unknown SOP class"
+        name = sop_class_name(sop_class)
         raise MultiFrameError(
             ReasonCode.UNSUPPORTED_FORMAT,
             f"multi-frame image without functional groups ({name}, {frames} frames) not supported",
@@ -189,18 +192,19 @@ def _skipped(code: ReasonCode, template: SliceHeader, root: Path, detail: str, s
     return SkippedFile(problem, template.series_uid if series else "")
 
 
-def expand_frames(template: SliceHeader, frames: int, root: Path) -> list[SliceHeader] | SkippedFile:
+def expand_frames(
+    template: SliceHeader, frames: int, root: Path, ds: Dataset
+) -> list[SliceHeader] | SkippedFile:
     """One header per frame of a multi-frame file, or why the file is skipped.
 
     Args:
         template: the file's header from its top-level elements (pixel location, size, UIDs, top-level rescale).
         frames: NumberOfFrames.
         root: folder that problem paths are made relative to.
+        ds: the file's header as :func:`medseg.data.dicom.header.read_image_headers` parsed it (with the
+            functional groups).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(template.path, stop_before_pixels=True, force=False)
         infos = frame_infos(ds)
     except MultiFrameError as exc:
         return _skipped(
@@ -210,14 +214,6 @@ def expand_frames(template: SliceHeader, frames: int, root: Path) -> list[SliceH
         return _skipped(
             ReasonCode.UNREADABLE, template, root, f"cannot parse the functional groups: {exc}", series=True
         )
-    if len(infos) != frames:  # NumberOfFrames read two ways must agree
-        return _skipped(
-            ReasonCode.UNREADABLE,
-            template,
-            root,
-            f"NumberOfFrames is {frames}, found {len(infos)}",
-            series=True,
-        )
     headers = []
     for k, f in enumerate(infos):
         headers.append(
@@ -225,8 +221,8 @@ def expand_frames(template: SliceHeader, frames: int, root: Path) -> list[SliceH
                 template,
                 frame=k,
                 position=f.position,
-                orientation=f.orientation or template.orientation,
-                pixel_spacing=f.pixel_spacing or template.pixel_spacing,
+                orientation=f.orientation,  # frame_infos falls back to the top-level values itself
+                pixel_spacing=f.pixel_spacing,
                 slice_thickness=f.slice_thickness
                 if f.slice_thickness is not None
                 else template.slice_thickness,
