@@ -172,8 +172,27 @@ class _Grid:
     frames: tuple[int, ...] | None = None
 
 
-def _check_sources(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]:
-    """Check the slices form one single-frame stack in ascending order; return (IOP, positions)."""
+def _stack_grid(
+    names: Sequence[str],
+    iops: Sequence[Any],
+    positions: Sequence[Any],
+    pixel_spacing: Any,
+    step: float,
+    frames: tuple[int, ...] | None = None,
+) -> _Grid:
+    """The grid of slices (``names`` for messages) after checking they share one orientation and ascend along its
+    normal; the same for single-frame slices and for the frames of a multi-frame source."""
+    iop = np.asarray(iops[0], dtype=np.float64)
+    for name, other in zip(names[1:], iops[1:], strict=True):
+        if np.max(np.abs(np.asarray(other, dtype=np.float64) - iop)) > _ORIENTATION_TOL:
+            raise ValueError(f"{name} has a different ImageOrientationPatient")
+    stacked = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    _check_ascending(iop, stacked)
+    return _Grid(iop, stacked, np.asarray(pixel_spacing, dtype=np.float64), float(step), frames)
+
+
+def _single_frame_grid(datasets: Sequence[Dataset]) -> _Grid:
+    """Check the slices form one single-frame stack in ascending order; return its grid."""
     first = datasets[0]
     for keyword in ("SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
         values = {str(ds.get(keyword, "")) for ds in datasets}
@@ -186,13 +205,13 @@ def _check_sources(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]
             "a DICOM SEG references either single-frame slices or exactly one multi-frame image; "
             f"got {len(datasets)} source files including multi-frame ones"
         )
-    iop = _float_list(first, "ImageOrientationPatient", 6)
-    for ds in datasets[1:]:
-        if np.max(np.abs(_float_list(ds, "ImageOrientationPatient", 6) - iop)) > _ORIENTATION_TOL:
-            raise ValueError(f"source slice {_name(ds)} has a different ImageOrientationPatient")
-    positions = np.stack([_float_list(ds, "ImagePositionPatient", 3) for ds in datasets])
-    _check_ascending(iop, positions)
-    return iop, positions
+    return _stack_grid(
+        [f"source slice {_name(ds)}" for ds in datasets],
+        [_float_list(ds, "ImageOrientationPatient", 6) for ds in datasets],
+        [_float_list(ds, "ImagePositionPatient", 3) for ds in datasets],
+        _float_list(first, "PixelSpacing", 2),
+        float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0),
+    )
 
 
 def _check_ascending(iop: np.ndarray, positions: np.ndarray) -> None:
@@ -202,13 +221,6 @@ def _check_ascending(iop: np.ndarray, positions: np.ndarray) -> None:
             "source slices are not in medseg's slice order (ascending along the normal of "
             "ImageOrientationPatient); pass the series folder, or SeriesInfo.files from medseg.data.dicom"
         )
-
-
-def _single_frame_grid(datasets: Sequence[Dataset]) -> _Grid:
-    iop, positions = _check_sources(datasets)
-    first = datasets[0]
-    step = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
-    return _Grid(iop, positions, _float_list(first, "PixelSpacing", 2), step)
 
 
 def _frames_on_grid(infos: Sequence[Any], given: np.ndarray, n_slices: int) -> list[int]:
@@ -258,20 +270,17 @@ def _multiframe_grid(ds: Dataset, affine: Any, n_slices: int) -> _Grid:
             raise ValueError(f"multi-frame source {_name(ds)} has frames without position or orientation")
         normal = np.cross(infos[0].orientation[:3], infos[0].orientation[3:])
         frames = sorted(range(len(infos)), key=lambda f: float(np.asarray(infos[f].position) @ normal))
-    iop = np.asarray(infos[frames[0]].orientation, dtype=np.float64)
-    for f in frames:
-        if np.max(np.abs(np.asarray(infos[f].orientation) - iop)) > _ORIENTATION_TOL:
-            raise ValueError(
-                f"frame {f + 1} of the multi-frame source has a different ImageOrientationPatient"
-            )
-    spacing = infos[frames[0]].pixel_spacing
-    if spacing is None:
-        raise ValueError(f"frame {frames[0] + 1} of the multi-frame source has no valid PixelSpacing")
-    positions = np.asarray([infos[f].position for f in frames], dtype=np.float64)
-    _check_ascending(iop, positions)
     first = infos[frames[0]]
-    step = float(first.spacing_between_slices or first.slice_thickness or 1.0)
-    return _Grid(iop, positions, np.asarray(spacing, dtype=np.float64), step, tuple(frames))
+    if first.pixel_spacing is None:
+        raise ValueError(f"frame {frames[0] + 1} of the multi-frame source has no valid PixelSpacing")
+    return _stack_grid(
+        [f"frame {f + 1} of the multi-frame source" for f in frames],
+        [infos[f].orientation for f in frames],
+        [infos[f].position for f in frames],
+        first.pixel_spacing,
+        float(first.spacing_between_slices or first.slice_thickness or 1.0),
+        tuple(frames),
+    )
 
 
 def _source_grid(datasets: Sequence[Dataset], affine: Any = None, n_slices: int | None = None) -> _Grid:
