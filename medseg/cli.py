@@ -148,7 +148,8 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", type=_formats, default=SEGMENT_FORMATS,
                    help="outputs, e.g. nifti,seg,report,qc (default all)")
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy (default 1)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ and runs:/ URIs")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI for models:/ and runs:/ URIs (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -167,14 +168,19 @@ def postprocess_arg(args: argparse.Namespace) -> bool | dict[str, object] | None
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from medseg.batch import segment_archive
+    import os
 
+    from medseg.batch import segment_archive
+    from medseg.tracking.store import ENV_TRACKING_URI
+
+    # as MLflow's own tools do: --tracking-uri, else $MLFLOW_TRACKING_URI (only models:/ and runs:/ URIs need one)
+    tracking_uri = args.tracking_uri or os.environ.get(ENV_TRACKING_URI, "").strip() or None
     try:
         summary = segment_archive(
             args.input, args.output, args.model, device=args.device, tta=args.tta, overlap=args.overlap,
             sw_batch_size=args.sw_batch_size, postprocess=postprocess_arg(args), formats=args.formats,
             workers=args.workers,
-            tracking_uri=args.tracking_uri, progress=not args.no_progress,
+            tracking_uri=tracking_uri, progress=not args.no_progress,
         )
     except KeyboardInterrupt:
         print("medseg segment: interrupted; run the same command again to resume", file=sys.stderr)

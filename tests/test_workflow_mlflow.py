@@ -135,3 +135,48 @@ def test_unreachable_server_training_completes(dataset, tmp_path):
     report = result.tracking_report
     assert report["offline"] and Path(report["spool_dir"]).is_dir()
     assert elapsed < 120
+
+
+def test_segment_and_load_model_honour_mlflow_tracking_uri(dataset, tmp_path):
+    """`medseg segment` and `medseg.load_model` find a models:/ URI through MLFLOW_TRACKING_URI, as MLflow's tools do."""
+    import os
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    uri = resolve_tracking_uri(None, {}, work)
+    result = train_and_register("configs/demo.yaml", work, tracking_uri=uri, datalist=dataset,
+                                overrides=[*TINY, "train.epochs=1"])
+    assert result.model is not None
+    meta = json.loads(dataset.read_text())
+    study = tmp_path / "study"
+    study.mkdir()
+    for name, rel in meta["cases"][1]["channels"].items():
+        (study / f"{name}.nii.gz").write_bytes((dataset.parent / rel).read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "medseg.cli", "segment", str(study), str(tmp_path / "out"),
+           "--model", "models:/tiny-perfusion@champion", "--formats", "nifti", "--no-progress"]
+    without = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert without.returncode == 2 and "MLFLOW_TRACKING_URI" in without.stderr, without.stderr
+    assert "Traceback" not in without.stderr
+    with_env = subprocess.run(cmd, env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+    assert with_env.returncode == 0, with_env.stderr
+    labels = list((tmp_path / "out").rglob("label.nii.gz"))
+    assert len(labels) == 1
+    import nibabel as nib
+
+    ref = nib.load(str(study / "CBF.nii.gz"))
+    out = nib.load(str(labels[0]))
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
+    # the model resolves and loads from the environment's store
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        predictor = medseg.load_model("models:/tiny-perfusion@champion", cache_dir=tmp_path / "cache", device="cpu")
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    assert predictor.model_name == "tiny-perfusion"

@@ -35,6 +35,7 @@ from medseg.tracking.config import validate_alias, validate_model_name
 from medseg.tracking.errors import ModelNotFoundError, ModelUriError, TrackingUnavailableError
 from medseg.tracking.privacy import check_no_patient_identifiers
 from medseg.tracking.store import (
+    ambient_tracking_uri,
     check_tracking,
     make_client,
     mlflow_http_limits,
@@ -479,6 +480,7 @@ def resolve_model_uri(
     Accepted: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``models:/<model id>``,
     ``runs:/RUN_ID/model`` and a local checkpoint path (returned as is, ``spec=None``: the checkpoint describes
     itself). MLflow models are downloaded into ``cache_dir`` (default: a new temporary folder the caller owns).
+    ``tracking_uri=None`` uses the URI MLflow itself would (``mlflow.set_tracking_uri`` or ``MLFLOW_TRACKING_URI``).
 
     Raises:
         ModelNotFoundError: unknown model name, alias, version or run (the message lists what exists).
@@ -498,7 +500,12 @@ def resolve_model_uri(
             raise InputError(ReasonCode.FILE_NOT_FOUND, path, "model checkpoint file not found")
         return ResolvedModel(path, None, None, None, None, uri)
     if tracking_uri is None:
-        raise ModelUriError(f"a tracking URI is needed to resolve {uri}")
+        tracking_uri = ambient_tracking_uri()
+    if tracking_uri is None:
+        raise ModelUriError(
+            f"a tracking URI is needed to resolve {uri}: pass --tracking-uri (tracking_uri=) or set "
+            "MLFLOW_TRACKING_URI"
+        )
     name: str | None = None
     version: int | None = None
     if is_runs:

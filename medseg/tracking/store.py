@@ -216,6 +216,21 @@ def use_global_tracking_uri(uri: str) -> Iterator[None]:
             os.environ[ENV_TRACKING_URI] = previous_env
 
 
+def ambient_tracking_uri() -> str | None:
+    """The tracking URI MLflow itself would use when one was set, else ``None``.
+
+    Set means ``mlflow.set_tracking_uri(...)`` in this process or ``MLFLOW_TRACKING_URI`` in its environment, as
+    ``mlflow.pyfunc.load_model`` would honour; MLflow's implicit local default does not count (resolving a model
+    against a store nobody named would only create an empty one in the current folder).
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if not tracking_utils.is_tracking_uri_set():
+        return None
+    return str(mlflow.get_tracking_uri())
+
+
 def make_client(uri: str) -> Any:
     """An ``MlflowClient`` bound to ``uri`` for both tracking and registry (no process-wide state).
 
