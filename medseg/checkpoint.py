@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,8 +160,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    except pickle.UnpicklingError as exc:  # torch's text suggests weights_only=False: never for a checkpoint
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (it holds Python objects other than tensors and plain data, which "
+            "medseg never unpickles: a damaged file, or code hidden in it)"
+        ) from exc
+    except Exception as exc:  # torch raises several types for corrupt files
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a medseg checkpoint (no '{FORMAT}' marker)")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:

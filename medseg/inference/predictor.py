@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from medseg.checkpoint import Checkpoint, ModelSpec, load_checkpoint
+from medseg.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint
 from medseg.errors import ConfigError
 from medseg.inference.invert import LabelInverter, label_dtype_for
 from medseg.inference.postprocess import Postprocess
@@ -82,6 +82,40 @@ def channels_last_exact(network: torch.nn.Module) -> bool:
     """
     inexact = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.modules.instancenorm._InstanceNorm)
     return not any(isinstance(m, inexact) for m in network.modules())
+
+
+def check_weights(network: torch.nn.Module, ckpt: Checkpoint, where: str) -> None:
+    """Refuse a checkpoint whose contract, weights and network disagree, before any voxel is segmented.
+
+    Checked: the spec's channel and label counts against the network's input and output channels, the
+    ``state_dict`` keys and shapes against the network built from the spec, and every weight finite.
+
+    Raises:
+        CheckpointError: naming ``where`` and the first disagreements.
+    """
+    net = ckpt.spec.network
+    problems: list[str] = []
+    if "in_channels" in net and int(net["in_channels"]) != len(ckpt.spec.channels):
+        problems.append(f"{len(ckpt.spec.channels)} channel(s) in the spec, network in_channels={net['in_channels']}")
+    if "out_channels" in net and int(net["out_channels"]) != ckpt.spec.num_classes:
+        problems.append(
+            f"labels {sorted(ckpt.spec.labels)} need {ckpt.spec.num_classes} outputs, network out_channels="
+            f"{net['out_channels']}"
+        )
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in ckpt.state_dict.items()}
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(given) if expected[k] != given[k])
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            problems.append(f"{len(keys)} {what} weight(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    for k in shapes[:3]:
+        problems.append(f"{k} has shape {list(given[k])}, the network needs {list(expected[k])}")
+    bad = [k for k, v in ckpt.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        problems.append(f"{len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])})")
+    if problems:
+        raise CheckpointError(f"{where}: not a usable model: " + "; ".join(problems))
 
 
 def resolve_postprocess(
@@ -181,10 +215,12 @@ class Predictor:
         """Rebuild the network from the checkpoint's spec and load its weights."""
         from medseg.nets import build_network
 
+        where = "checkpoint" if isinstance(ckpt, Checkpoint) else str(ckpt)
         if not isinstance(ckpt, Checkpoint):
             ckpt = load_checkpoint(ckpt)
         net_cfg = dict(ckpt.spec.network)
         network = build_network(net_cfg.pop("name"), **net_cfg)
+        check_weights(network, ckpt, where)
         network.load_state_dict(ckpt.state_dict)
         return cls(network, ckpt.spec, device, **kw)
 

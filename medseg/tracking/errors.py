@@ -17,6 +17,10 @@ class ModelUriError(TrackingError, ValueError):
     """A model URI is malformed or does not point at a medseg model."""
 
 
+class ModelIntegrityError(TrackingError):
+    """A downloaded model's checkpoint does not match the SHA-256 pinned when it was registered."""
+
+
 class ModelNotFoundError(TrackingError, LookupError):
     """A registered model name, alias, version or run does not exist; the message lists what does."""
 

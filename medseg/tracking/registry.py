@@ -31,8 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medseg.errors import InputError, ReasonCode
+from medseg.hashing import file_sha256
 from medseg.tracking.config import validate_alias, validate_model_name
-from medseg.tracking.errors import ModelNotFoundError, ModelUriError, TrackingUnavailableError
+from medseg.tracking.errors import (
+    ModelIntegrityError,
+    ModelNotFoundError,
+    ModelUriError,
+    TrackingUnavailableError,
+)
 from medseg.tracking.privacy import check_no_patient_identifiers
 from medseg.tracking.store import (
     ambient_tracking_uri,
@@ -51,6 +57,7 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name inside its run: runs:/<run_id>/model
 CHECKPOINT_ARTIFACT = "checkpoint"
 SPEC_METADATA_KEY = "medseg"
+SHA256_METADATA_KEY = "medseg_checkpoint_sha256"  # pins the checkpoint artifact; checked before it is loaded
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
@@ -338,7 +345,7 @@ def register_model(
                 python_model=MedsegPyfuncModel(),
                 artifacts={PYFUNC_ARTIFACT: str(checkpoint_path)},
                 signature=signature,
-                metadata={SPEC_METADATA_KEY: clean_spec},
+                metadata={SPEC_METADATA_KEY: clean_spec, SHA256_METADATA_KEY: file_sha256(checkpoint_path)},
                 pip_requirements=requirements,
             )
         return _register_version(client, name, alias, run_id, logged.model_id)
@@ -461,6 +468,13 @@ def _read_model(root: Path, uri: str) -> tuple[Path, dict[str, Any]]:
     if not checkpoint.is_file():
         raise ModelUriError(
             f"{uri}: checkpoint artifact {entry['path']} is missing from the downloaded model"
+        )
+    pinned = (model.metadata or {}).get(SHA256_METADATA_KEY)
+    if pinned is not None and file_sha256(checkpoint) != pinned:  # models registered before pinning have none
+        raise ModelIntegrityError(
+            f"{uri}: the checkpoint's SHA-256 does not match the one pinned at registration (the artifact was "
+            "changed or damaged after it was registered); refusing to load it. Register the model again from "
+            "its training run's checkpoint"
         )
     return checkpoint, dict(spec)
 
