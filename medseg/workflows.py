@@ -39,8 +39,6 @@ def train_and_register(
     training completed; a diverged or failed run registers nothing. With the tracking server unreachable training
     still completes: what could not be logged is kept in ``workdir/mlflow-offline`` and reported.
     """
-    import numpy as np
-
     from medseg.checkpoint import load_checkpoint
     from medseg.tracking import RunLogger, register_model
     from medseg.tracking.observer import MLflowObserver
@@ -62,14 +60,12 @@ def train_and_register(
         name = cfg.tracking.registered_model
         if register and result.succeeded and name:
             ckpt = load_checkpoint(result.best_checkpoint)
-            example = np.zeros((1, len(ckpt.spec.channels), *ckpt.spec.patch_size), dtype=np.float32)
             if run_logger.offline:
                 logger.warning("tracking server unreachable: model not registered; checkpoint at %s",
                                result.best_checkpoint)
             else:
                 out.model = register_model(run_logger, result.best_checkpoint, ckpt.spec.to_dict(), name,
-                                           alias=cfg.tracking.alias, example_input=example,
-                                           tracking_uri=tracking_uri)
+                                           alias=cfg.tracking.alias, tracking_uri=tracking_uri)
                 logger.info("registered models:/%s/%s (alias %s)", out.model.name, out.model.version, out.model.alias)
     finally:
         if run_logger.active:

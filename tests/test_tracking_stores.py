@@ -185,11 +185,10 @@ def _checkpoint(tmp_path: Path, content: bytes) -> Path:
 def test_register_twice_moves_alias_and_resolves(store, tmp_path):
     name = f"seg-{store['kind']}"
     cfg = TrackingConfig(experiment=f"exp-{store['kind']}", timeout_s=10)
-    x = np.zeros((1, 2, 8, 8, 4), np.float32)
     versions = []
     for content in (b"weights-one", b"weights-two"):
         with RunLogger(cfg, store["uri"], tmp_path / "spool").start("train") as run:
-            versions.append(register_model(run, _checkpoint(tmp_path, content), SPEC, name, example_input=x))
+            versions.append(register_model(run, _checkpoint(tmp_path, content), SPEC, name))
     assert [(v.name, v.version, v.alias) for v in versions] == [(name, 1, "champion"), (name, 2, "champion")]
     assert versions[1].uri == f"models:/{name}/2" and versions[1].alias_uri == f"models:/{name}@champion"
     client = _client(store["uri"])
@@ -207,11 +206,12 @@ def test_register_twice_moves_alias_and_resolves(store, tmp_path):
     latest = resolve_model_uri(f"models:/{name}/latest", store["uri"], cache)
     assert latest.version == 2
 
-    # the signature keeps the channel count and frees batch and spatial sizes
+    # the signature asks for one path per channel (geometry travels with the files) and an optional output
     from mlflow.models import Model
 
     signature = Model.load(str(champion.checkpoint_path.parent.parent / "MLmodel")).signature
-    assert signature.inputs.inputs[0].shape == (-1, 2, -1, -1, -1)
+    assert [(c.name, c.required) for c in signature.inputs.inputs] == [("CBF", True), ("MTT", True),
+                                                                        ("output", False)]
 
     # promote (the `medseg register RUN_ID` path): a third version from run 1's logged model
     promoted = promote(versions[0].run_id, name, "champion", store["uri"])
@@ -297,26 +297,3 @@ def test_offline_spool_replays_into_the_store(store, tmp_path):
     assert _download_text(store["uri"], result["run_id"], "qc/qc.png", tmp_path / "dl") == png.read_bytes()
     with pytest.raises(SpoolError, match="already replayed into run"):
         replay_offline(spool, store["uri"])
-
-
-def test_pyfunc_predicts_through_the_checkpoint_predictor(store, tmp_path, monkeypatch):
-    """The secondary pyfunc path: predict() hands the checkpoint artifact to medseg's predictor loader."""
-    import mlflow.pyfunc
-
-    import medseg.inference
-
-    seen = []
-
-    def load_checkpoint_predictor(path):
-        seen.append(Path(path).read_bytes())
-        offset = float(len(seen[-1]))
-        return lambda x: x + offset
-
-    monkeypatch.setattr(
-        medseg.inference, "load_checkpoint_predictor", load_checkpoint_predictor, raising=False
-    )
-    resolved = resolve_model_uri(f"models:/seg-{store['kind']}/2", store["uri"], tmp_path / "cache")
-    model = mlflow.pyfunc.load_model(str(resolved.checkpoint_path.parent.parent))
-    out = model.predict(np.ones((1, 2, 4, 4, 2), np.float32))
-    assert seen == [b"weights-two"]
-    np.testing.assert_allclose(out, np.full((1, 2, 4, 4, 2), 1.0 + len(b"weights-two")))

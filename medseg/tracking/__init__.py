@@ -1,13 +1,15 @@
 """MLflow tracking for medseg: run logging with an offline fallback, model registry, model URIs.
 
 This package is the only place in medseg that imports MLflow, and it does so lazily (inside functions, or in
-:mod:`medseg.tracking.pyfunc`), so importing :mod:`medseg.tracking` (e.g. for :class:`TrackingConfig`) is cheap.
+:mod:`medseg.tracking.registry`), so importing :mod:`medseg.tracking` (e.g. for :class:`TrackingConfig`) is cheap.
+A registered model's pyfunc face is :mod:`medseg.inference.pyfunc`, which MLflow imports by name.
 """
 
 from __future__ import annotations
 
 from medseg.tracking.config import TrackingConfig
 from medseg.tracking.errors import (
+    ModelIntegrityError,
     ModelNotFoundError,
     ModelUriError,
     PatientDataError,
@@ -30,6 +32,7 @@ from medseg.tracking.store import check_tracking, redact_uri, resolve_tracking_u
 from medseg.tracking.sysinfo import system_info
 
 __all__ = [
+    "ModelIntegrityError",
     "ModelNotFoundError",
     "ModelUriError",
     "ModelVersionInfo",

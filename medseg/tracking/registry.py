@@ -2,10 +2,12 @@
 
 A medseg model in MLflow is a ``pyfunc`` model named ``model`` in its training run, holding
 
-- the checkpoint file as the ``checkpoint`` artifact,
-- ``metadata: {medseg: <spec>}`` in its ``MLmodel`` file (channel spec, labels, spacing, normalization, patch
-  size, network config, medseg version: whatever the training code puts in the JSON-able ``spec``),
-- a tensor signature (batch and spatial sizes free, channel count fixed) and pinned pip requirements taken from
+- the checkpoint file as the pyfunc data file, loaded by ``loader_module`` :mod:`medseg.inference.pyfunc` (MLflow
+  imports it by name, so this module never imports inference code),
+- ``metadata: {medseg: <spec>, medseg_checkpoint_sha256: <hex>}`` in its ``MLmodel`` file (channel spec, labels,
+  spacing, normalization, patch size, network config, medseg version; the checkpoint's SHA-256, checked before
+  a resolved checkpoint is handed out),
+- a column signature (one path column per channel, optional ``output``) and pinned pip requirements taken from
   the installed packages (no dependency inference, no network access).
 
 :func:`resolve_model_uri` turns ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/<model id>``,
@@ -57,6 +59,8 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name inside its run: runs:/<run_id>/model
 CHECKPOINT_ARTIFACT = "checkpoint"
 SPEC_METADATA_KEY = "medseg"
+PYFUNC_LOADER = "medseg.inference.pyfunc"  # imported by name by mlflow.pyfunc.load_model, never by medseg.tracking
+PYFUNC_OUTPUT_COLUMN = "output"
 SHA256_METADATA_KEY = "medseg_checkpoint_sha256"  # pins the checkpoint artifact; checked before it is loaded
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
@@ -140,30 +144,19 @@ def default_pip_requirements() -> list[str]:
     return pins
 
 
-def model_signature(example_input: np.ndarray, example_output: np.ndarray | None = None) -> Any:
-    """MLflow signature inferred from example arrays ``(N, C, *spatial)``, batch and spatial sizes left free.
+def model_signature(channel_names: list[str]) -> Any:
+    """The pyfunc input schema: one string column (a file or DICOM folder path) per channel, plus ``output``.
 
-    Only the channel count (axis 1) stays fixed: sliding-window inference accepts any volume size.
+    Paths, not arrays, so that each case's geometry reaches the model and labels come back on the input grid
+    (see :mod:`medseg.inference.pyfunc`).
     """
-    from mlflow.models import infer_signature
     from mlflow.models.signature import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
 
-    def relax(schema: Any) -> Any:
-        if schema is None:
-            return None
-        specs = []
-        for spec in schema.inputs:
-            if isinstance(spec, TensorSpec) and len(spec.shape) >= 3:
-                spec = TensorSpec(spec.type, (-1, spec.shape[1], *([-1] * (len(spec.shape) - 2))), spec.name)
-            specs.append(spec)
-        return Schema(specs)
-
-    example_input = np.asarray(example_input)
-    if example_input.ndim < 3:
-        raise ValueError(f"example_input must be (N, C, *spatial), got shape {example_input.shape}")
-    inferred = infer_signature(example_input, None if example_output is None else np.asarray(example_output))
-    return ModelSignature(inputs=relax(inferred.inputs), outputs=relax(inferred.outputs))
+    if not channel_names:
+        raise ValueError("model_signature: the model's channel spec is empty")
+    columns = [ColSpec("string", str(name)) for name in channel_names]
+    return ModelSignature(inputs=Schema([*columns, ColSpec("string", PYFUNC_OUTPUT_COLUMN, required=False)]))
 
 
 @contextlib.contextmanager
@@ -269,9 +262,7 @@ def register_model(
     spec: Mapping[str, Any],
     name: str,
     alias: str | None = "champion",
-    example_input: np.ndarray | None = None,
     *,
-    example_output: np.ndarray | None = None,
     tracking_uri: str | None = None,
     timeout_s: float | None = None,
     pip_requirements: list[str] | None = None,
@@ -284,8 +275,6 @@ def register_model(
         spec: JSON-able data contract of the checkpoint (stored as ``metadata.medseg`` of the MLmodel file).
         name: registered model name; created on first use.
         alias: alias moved to the new version (``None``: no alias).
-        example_input: an ``(N, C, *spatial)`` input array for the signature (optional).
-        example_output: the matching output array (optional; without it the signature has inputs only).
         tracking_uri: required when ``source`` is a run id.
         timeout_s: bound of each HTTP call (default: the logger's ``timeout_s``, else 60 s).
         pip_requirements: the model's pip requirements (default: :func:`default_pip_requirements`).
@@ -297,9 +286,6 @@ def register_model(
     """
     import mlflow.pyfunc
     from mlflow.models import Model
-
-    from medseg.tracking.pyfunc import CHECKPOINT_ARTIFACT as PYFUNC_ARTIFACT
-    from medseg.tracking.pyfunc import MedsegPyfuncModel
 
     validate_model_name(name)
     if alias is not None:
@@ -321,7 +307,7 @@ def register_model(
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"register_model: checkpoint {checkpoint_path} is not a file")
     clean_spec = plain_spec(spec)
-    signature = model_signature(example_input, example_output) if example_input is not None else None
+    signature = model_signature([str(c["name"]) for c in clean_spec.get("channels") or []])
     requirements = list(pip_requirements) if pip_requirements is not None else default_pip_requirements()
     _require_reachable(uri, timeout, f"register {name!r}")
     with mlflow_http_limits(timeout):
@@ -342,8 +328,8 @@ def register_model(
                 flavor=mlflow.pyfunc,
                 run_id=run_id,
                 model_id=logged.model_id,
-                python_model=MedsegPyfuncModel(),
-                artifacts={PYFUNC_ARTIFACT: str(checkpoint_path)},
+                loader_module=PYFUNC_LOADER,
+                data_path=str(checkpoint_path),
                 signature=signature,
                 metadata={SPEC_METADATA_KEY: clean_spec, SHA256_METADATA_KEY: file_sha256(checkpoint_path)},
                 pip_requirements=requirements,
@@ -458,17 +444,17 @@ def _read_model(root: Path, uri: str) -> tuple[Path, dict[str, Any]]:
 
     model = Model.load(str(root / "MLmodel"))
     spec = (model.metadata or {}).get(SPEC_METADATA_KEY)
-    artifacts = model.flavors.get("python_function", {}).get("artifacts") or {}
-    entry = artifacts.get(CHECKPOINT_ARTIFACT)
+    pyfunc = model.flavors.get("python_function", {})
+    entry = pyfunc.get("data") if pyfunc.get("loader_module") == PYFUNC_LOADER else None
+    if entry is None:  # models registered before the loader module held the checkpoint as an artifact
+        entry = ((pyfunc.get("artifacts") or {}).get(CHECKPOINT_ARTIFACT) or {}).get("path")
     if spec is None or entry is None:
         raise ModelUriError(
             f"{uri} is an MLflow model but not a medseg model (no medseg metadata / checkpoint)"
         )
-    checkpoint = root / entry["path"]
+    checkpoint = root / entry
     if not checkpoint.is_file():
-        raise ModelUriError(
-            f"{uri}: checkpoint artifact {entry['path']} is missing from the downloaded model"
-        )
+        raise ModelUriError(f"{uri}: checkpoint {entry} is missing from the downloaded model")
     pinned = (model.metadata or {}).get(SHA256_METADATA_KEY)
     if pinned is not None and file_sha256(checkpoint) != pinned:  # models registered before pinning have none
         raise ModelIntegrityError(
