@@ -63,7 +63,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         self.labels = {int(k): str(v) for k, v in self.labels.items()}
         if not self.medseg_version:
-            from medseg import __version__
+            from medseg._version import __version__
 
             self.medseg_version = __version__
 

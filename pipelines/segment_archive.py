@@ -5,9 +5,9 @@
 
 The same as ``medseg segment``. Run it again after an interruption (Ctrl-C, kill, power loss): items whose outputs
 are complete and unchanged are skipped, the rest is computed. Results: one folder per series/case named by a keyed
-hash, ``batch-report.json`` / ``batch-report.csv`` (no patient identifiers) and ``quarantine.csv`` (the unusable
-inputs with their reason codes and paths). Exit status: 0 when every item is DONE or QUARANTINED, 1 when some
-FAILED (run again to retry them), 2 for a bad argument or input, 130 when interrupted.
+hash, ``batch-report.json`` / ``batch-report.csv`` (no patient identifiers), ``report.html`` (the review page) and
+``quarantine.csv`` (the unusable inputs with their reason codes and paths). Exit status: 0 when every item is DONE
+or QUARANTINED, 1 when some FAILED (run again to retry them), 2 for a bad argument or input, 130 when interrupted.
 """
 
 from __future__ import annotations

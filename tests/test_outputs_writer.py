@@ -90,6 +90,7 @@ def test_all_outputs_for_a_dicom_case(dicom_case, tmp_path: Path) -> None:
         "nifti": "label.nii.gz",
         "seg": "seg.dcm",
         "qc": "qc.png",
+        "thumb": "thumb.png",
         "report": "report.json",
         "report_csv": "report.csv",
     }
@@ -99,6 +100,7 @@ def test_all_outputs_for_a_dicom_case(dicom_case, tmp_path: Path) -> None:
         "report.csv",
         "report.json",
         "seg.dcm",
+        "thumb.png",
     ]
     _no_temp_files(out)
 
@@ -205,7 +207,7 @@ def test_nifti_input_and_empty_label(dicom_case, tmp_path: Path) -> None:
     written = write_case_outputs(
         tmp_path / "nifti_case", image=nifti_image, label=nifti_label, spec=_spec(), provenance=provenance
     )
-    assert set(written) == {"nifti", "qc", "report", "report_csv"}
+    assert set(written) == {"nifti", "qc", "thumb", "report", "report_csv"}
     report = json.loads(written["report"].read_text())
     assert report["notes"] == ["no DICOM SEG: the input was not a DICOM series"]
     assert report["input"]["series_uid_hash"] is None

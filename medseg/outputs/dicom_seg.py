@@ -45,7 +45,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from medseg import __version__
+from medseg._version import __version__
 from medseg.atomic import atomic_path
 from medseg.data.dicom.multiframe import frame_infos, is_multiframe
 from medseg.errors import MedsegError

@@ -8,8 +8,9 @@ Display convention (radiological, as PACS viewers show CT and MR):
 
 The volume is first reoriented to the closest RAS axes (nibabel ``io_orientation``; an oblique series is shown
 in its own voxel planes nearest to axial/coronal/sagittal, without resampling). The slices go through the
-centroid of the label's foreground, moved per axis to the nearest slice holding foreground when the centroid's
-slice holds none (the volume's centre when the label is empty). Each panel is resampled by nearest neighbour
+centroid of the label's foreground (or of a given ``focus`` mask, e.g. the largest object), moved per axis to the
+nearest slice holding foreground when the centroid's slice holds none (the volume's centre when the label is
+empty). Each panel is resampled by nearest neighbour
 to square pixels of one common size, chosen so that the volume's largest physical extent spans ``panel_px``
 pixels: anatomy keeps its proportions, every picture has about the same size, label colours stay exact.
 
@@ -206,6 +207,7 @@ def render_qc(
     alpha: float = 0.45,
     panel_px: int = 256,
     window: tuple[float, float] | None = None,
+    focus: Any = None,
 ) -> QCImage:
     """Compose the QC picture in memory (see the module docstring for the conventions).
 
@@ -218,6 +220,8 @@ def render_qc(
         panel_px: the size in pixels of the largest extent of the volume (all panels share one scale).
         window: (lowest, highest) image value shown black..white, e.g. (-160, 240) HU for CT soft tissue;
             default: the image's 0.5th-99.5th percentiles.
+        focus: a mask on the label's grid (spatial shape, no channel) whose centroid the slices go through
+            instead of the whole foreground's (e.g. the largest object); ignored when empty.
     """
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
@@ -228,9 +232,22 @@ def render_qc(
     if src is None:
         raise ValueError("no affine: pass affine= or MetaTensor inputs")
     src_affine = _numpy(src)
-    img, lab = _spatial(image, label, 2 if src_affine.shape == (3, 3) else 3)
+    ndim = 2 if src_affine.shape == (3, 3) else 3
+    img, lab = _spatial(image, label, ndim)
+    target = None
+    if focus is not None:
+        target = np.asarray(_numpy(focus), dtype=bool)
+        if target.shape != lab.shape[:ndim]:
+            raise ValueError(
+                f"focus mask of shape {target.shape} is not on the label's grid {lab.shape[:ndim]}"
+            )
+        target = target.reshape(lab.shape) if target.any() else None
     img, lab, spacing = _to_ras(img, lab, _affine4(src_affine))
-    cx, cy, cz = _centre(lab)
+    if target is not None:
+        import nibabel.orientations as nio
+
+        target = nio.apply_orientation(target, nio.io_orientation(_affine4(src_affine)))
+    cx, cy, cz = _centre(lab if target is None else target)
     if window is None:
         lo, hi = _window(img)
     else:
@@ -344,9 +361,12 @@ def write_qc_png(
     panel_px: int = 256,
     window: tuple[float, float] | None = None,
     backend: str = "auto",
+    focus: Any = None,
 ) -> Path:
     """Render (:func:`render_qc`) and write the QC PNG atomically; ``backend`` is auto, matplotlib or pil."""
-    qc = render_qc(image, label, affine=affine, labels=labels, alpha=alpha, panel_px=panel_px, window=window)
+    qc = render_qc(
+        image, label, affine=affine, labels=labels, alpha=alpha, panel_px=panel_px, window=window, focus=focus
+    )
     chosen = _backend(backend)
     data = _png_matplotlib(qc) if chosen == "matplotlib" else _png_pil(qc)
     out = atomic_write_bytes(out_path, data)

@@ -8,6 +8,7 @@ A report is a JSON-ready dict (``format`` ``"medseg-case-report"``, ``format_ver
      "input": {"shape", "spacing_mm", "orientation", "spatial_dims", "channels", "modality",
                "series_uid_hash", "study_uid_hash", "frame_of_reference_uid_hash"},
      "labels": {name: {"value", "voxels", "volume_ml"}}      # 3D; 2D gives "area_mm2" instead of "volume_ml"
+     "objects": {name: {"value", "components", "largest_voxels", "touches_border"}}  # when given (outputs.objects)
      "timing": {name: seconds}, "outputs": {format: {"file", "sha256"}}, "notes": [...]}
 
 Volumes: voxel count x voxel volume, the voxel volume being ``|det(affine[:3, :3])|`` mm^3 (exact for oblique
@@ -263,17 +264,20 @@ def build_report(
     notes: Iterable[str] = (),
     uid_key: bytes | None = None,
     created: _dt.datetime | None = None,
+    objects: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report of one case (see the module docstring for the layout).
+
+    ``objects`` (:func:`medseg.outputs.objects.label_objects` statistics) is recorded when given.
 
     ``created`` is the report's time stamp (default: now, UTC). Timing values differ between runs, so a report is
     not byte-reproducible even with a fixed ``created``.
     """
-    from medseg import __version__
+    from medseg._version import __version__
 
     prov = {"medseg_version": __version__, "config_hash": config_hash(spec.config), **dict(provenance)}
     prov.setdefault("labels", {str(k): v for k, v in spec.labels.items()})
-    return {
+    report = {
         "format": REPORT_FORMAT,
         "format_version": REPORT_VERSION,
         "created": (created or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds"),
@@ -285,6 +289,9 @@ def build_report(
         "outputs": _plain(dict(outputs or {})),
         "notes": list(notes),
     }
+    if objects is not None:
+        report["objects"] = _plain(dict(objects))
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ files

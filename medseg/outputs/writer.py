@@ -6,7 +6,9 @@ format      file              content
 nifti       label.nii.gz      the label map in exactly the input's geometry (shape and affine of ``image``)
 seg         seg.dcm           DICOM SEG referencing the source series (only when source DICOM files are given)
 qc          qc.png            three orthogonal slices with the label overlaid (CT: soft-tissue window)
-report      report.json       volumes per label, provenance, input description, timing, written outputs
+            thumb.png         a small one through the largest object, for the batch run's review page
+report      report.json       volumes and objects (components, border contact) per label, provenance, input
+                              description, timing, written outputs
             report.csv        the same as one CSV row
 ==========  ================  ==============================================================================
 
@@ -31,16 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from medseg import __version__
+from medseg._version import __version__
 from medseg.outputs.report import label_counts
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CT_WINDOW", "FORMATS", "OUTPUT_NAMES", "REPORT_CSV_NAME", "write_case_outputs"]
+__all__ = ["CT_WINDOW", "FORMATS", "OUTPUT_NAMES", "REPORT_CSV_NAME", "THUMB_NAME", "write_case_outputs"]
 
 FORMATS = ("nifti", "seg", "report", "qc")
 OUTPUT_NAMES = {"nifti": "label.nii.gz", "seg": "seg.dcm", "report": "report.json", "qc": "qc.png"}
 REPORT_CSV_NAME = "report.csv"
+THUMB_NAME = "thumb.png"
+THUMB_PANEL_PX = 96
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window (W400 / L40) for CT QC pictures
 _AFFINE_TOL = 1e-3
 
@@ -133,7 +137,7 @@ def write_case_outputs(
             byte-reproducible (the report still holds run-specific timing).
 
     Returns:
-        ``{format: path}`` of the files written (``"report_csv"`` too with ``"report"``).
+        ``{format: path}`` of the files written (``"report_csv"`` too with ``"report"``, ``"thumb"`` with ``"qc"``).
 
     Raises:
         ValueError: unknown format names (the message lists the valid ones), or a label that is not on the
@@ -141,6 +145,7 @@ def write_case_outputs(
     """
     from medseg.data.io import save_label
     from medseg.outputs.dicom_seg import NoSegmentsError, write_dicom_seg
+    from medseg.outputs.objects import label_objects
     from medseg.outputs.qc import write_qc_png
     from medseg.outputs.report import build_report, file_sha256, write_report
 
@@ -155,6 +160,9 @@ def write_case_outputs(
     times: dict[str, float] = {str(k): float(v) for k, v in (timing or {}).items()}
     written: dict[str, Path] = {}
     notes: list[str] = []
+    objects = None
+    if "qc" in wanted or "report" in wanted:
+        objects = _timed(times, "objects_s", lambda: label_objects(spatial_label, labels))
 
     if "nifti" in wanted:
         written["nifti"] = _timed(
@@ -195,6 +203,15 @@ def write_case_outputs(
             "write_qc_s",
             lambda: write_qc_png(image, label, out / OUTPUT_NAMES["qc"], labels=labels, window=window),
         )
+        written["thumb"] = write_qc_png(
+            image,
+            label,
+            out / THUMB_NAME,
+            labels=labels,
+            window=window,
+            panel_px=THUMB_PANEL_PX,
+            focus=objects.largest if objects is not None else None,
+        )
     if "report" in wanted:
         outputs = {fmt: {"file": path.name, "sha256": file_sha256(path)} for fmt, path in written.items()}
         report = build_report(
@@ -207,6 +224,7 @@ def write_case_outputs(
             notes=notes,
             uid_key=uid_key,
             created=created,
+            objects=objects.stats if objects is not None else None,
         )
         json_path, csv_path = write_report(report, out / OUTPUT_NAMES["report"], out / REPORT_CSV_NAME)
         written["report"], written["report_csv"] = json_path, csv_path

@@ -17,12 +17,12 @@ def _version(package: str) -> str:
 
 def system_info() -> dict[str, Any]:
     """Python / torch / MONAI / MLflow / medseg versions, CPU count and CUDA devices (names, if any)."""
-    import medseg
+    from medseg._version import __version__
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
-        "medseg": medseg.__version__,
+        "medseg": __version__,
         "torch": _version("torch"),
         "monai": _version("monai"),
         "mlflow": _version("mlflow"),
