@@ -10,8 +10,9 @@ A run:
 4. processes the rest (:mod:`medseg.batch.process`): the next item is read in a background thread while the current
    one is computed; outputs go to a temp folder that is renamed into place; bad inputs are quarantined and the run
    goes on; unexpected errors mark the item ``FAILED`` (retried by the next run);
-5. writes ``batch-report.json`` / ``batch-report.csv`` (keys, statuses, codes; no paths) and ``quarantine.csv``
-   (the relative paths of quarantined and failed items, for the user) and returns a :class:`BatchSummary`.
+5. writes ``batch-report.json`` / ``batch-report.csv`` (keys, statuses, codes; no paths), ``quarantine.csv``
+   (the relative paths of quarantined and failed items, for the user) and the review page ``report.html``
+   (:mod:`medseg.batch.review`), and returns a :class:`BatchSummary`.
 
 Privacy: output names and ledger keys are keyed hashes of UIDs (or of relative paths for files without UIDs); logs
 name items by key and reason code only; input paths appear only in ``quarantine.csv``.
@@ -23,12 +24,14 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medseg.atomic import TEMP_PREFIX
 from medseg.batch.discover import Discovery, WorkItem, discover
 from medseg.batch.ledger import LEDGER_FILE, Ledger, LedgerError, Status
 from medseg.batch.naming import keyed_name, load_or_create_key
@@ -37,6 +40,7 @@ from medseg.batch.progress import ProgressBar
 from medseg.batch.provenance import batch_provenance, run_fingerprint
 from medseg.batch.publish import clean_stale_temps, folder_matches, lock_output
 from medseg.batch.report import BatchSummary, QuarantineEntry, write_reports
+from medseg.batch.review import write_review_page
 from medseg.errors import ConfigError, InputError, ReasonCode
 
 logger = logging.getLogger(__name__)
@@ -68,6 +72,26 @@ def _check_paths(input_path: Path, output: Path) -> None:
         )
     if output.exists() and not output.is_dir():
         raise ConfigError("the output path exists and is not a folder")
+    _check_writable(output)
+
+
+def _check_writable(output: Path) -> None:
+    """Preflight: a file can be created in ``output`` (or, before it exists, in its nearest existing parent).
+
+    Probed by creating and removing a temp file, which also catches what permission bits do not show (read-only
+    file systems, immutable folders, root squash); so a run never loads a model and fails at its first write.
+    """
+    existing = output
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{output}: cannot create the output folder: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".probe", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{output}: the output folder is not writable ({exc.strerror or exc})") from None
 
 
 def _check_model(
@@ -278,7 +302,7 @@ class _Job:
 
 
 def _run(job: _Job, ledger: Ledger) -> BatchSummary:
-    from medseg import __version__
+    from medseg._version import __version__
     from medseg.batch.workers import run_in_workers
 
     found, out, formats = job.found, job.output, job.formats
@@ -321,6 +345,10 @@ def _run(job: _Job, ledger: Ledger) -> BatchSummary:
         summary.reports = write_reports(
             summary, provenance=job.provenance, settings=settings, quarantine=quarantine
         )
+        try:  # the run's results stand without the page: a failure here is logged, not raised over them
+            summary.reports["html"] = write_review_page(out, ledger, run_id)
+        except Exception:
+            logger.exception("could not write the review page; rebuild it with `medseg report OUTPUT`")
         for line in summary.table().splitlines():
             logger.info("%s", line)
     return summary

@@ -65,7 +65,14 @@ def _worker(
     level: int,
 ) -> None:
     logging.basicConfig(level=level, format=f"%(levelname)s worker{index} %(name)s: %(message)s")
+    import signal
+
     import torch
+
+    def _interrupt(signum: int, frame: object) -> None:  # the parent's terminate(): roll the case back, then stop
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
     torch.set_num_threads(threads)
     try:

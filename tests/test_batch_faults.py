@@ -1,0 +1,143 @@
+"""Faults a batch run must survive through the real ``medseg segment`` command: SIGTERM mid-run (the case in flight
+rolls back, the ledger and reports stay consistent, a rerun completes) and an output folder that cannot be written
+(refused before the model is loaded or anything is computed)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_batch_support import write_archive
+
+from medseg.atomic import TEMP_PREFIX
+from medseg.batch import LEDGER_FILE, REPORT_JSON
+from medseg.checkpoint import Checkpoint, save_checkpoint
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+# ``medseg segment`` in a subprocess, with the slowed thresholding network registered under the name "threshold"
+_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_batch_support as s
+from medseg.nets.registry import NETWORKS
+class Slow(s.ThresholdNet):
+    def __init__(self, delay_s: float = {delay}) -> None:
+        super().__init__(delay_s)
+NETWORKS["threshold"] = Slow
+from medseg.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return write_archive(tmp_path_factory.mktemp("archive"), n_good=8, bad=False)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    from test_batch_support import threshold_spec
+
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "threshold.pt", Checkpoint({}, threshold_spec()))
+
+
+def _segment(archive, out: Path, model: Path, delay: float, **kw) -> subprocess.Popen:
+    code = _RUN.format(tests=str(TESTS), delay=delay)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "segment", str(archive.root), str(out), "--model", str(model),
+         "--no-progress", "--formats", "nifti,report"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )  # fmt: skip
+
+
+def _statuses(out: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(f"file:{out / LEDGER_FILE}?mode=ro", uri=True, timeout=5)) as conn:
+        return dict(conn.execute("SELECT key, status FROM items").fetchall())
+
+
+def _wait_done(out: Path, proc: subprocess.Popen, at_least: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(sqlite3.OperationalError, FileNotFoundError):
+            if (out / LEDGER_FILE).exists() and list(_statuses(out).values()).count("DONE") >= at_least:
+                return
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no {at_least} DONE items in time; stderr: {proc.communicate()[1][-2000:]}")
+
+
+def test_sigterm_rolls_back_the_case_in_flight_and_writes_the_reports(archive, model, tmp_path):
+    out = tmp_path / "out"
+    proc = _segment(archive, out, model, delay=0.3)
+    _wait_done(out, proc, at_least=2)
+    proc.send_signal(signal.SIGTERM)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr, stderr
+    statuses = _statuses(out)
+    done = {k for k, s in statuses.items() if s == "DONE"}
+    assert 2 <= len(done) < 8 and set(statuses.values()) <= {"DONE", "PENDING"}
+    # the case in flight was rolled back: no temp folder, and only finished cases have folders
+    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert {p.name for p in out.iterdir() if p.is_dir()} == done
+    # the batch report was written on the way out and agrees with the ledger
+    report = json.loads((out / REPORT_JSON).read_text())
+    text = json.dumps(report)
+    assert all(key in text for key in statuses)
+    # a rerun finishes the rest and recomputes nothing that was done
+    again = _segment(archive, out, model, delay=0.0)
+    stdout, stderr = again.communicate(timeout=120)
+    assert again.returncode == 0, stderr
+    assert set(_statuses(out).values()) == {"DONE"} and len(_statuses(out)) == 8
+    assert f"{len(done)} already done" in stdout
+
+
+def _read_only_folder(path: Path) -> bool:
+    """Make ``path`` a folder nobody may write into, root included (immutable attribute); False if unsupported."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        return True
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+def test_unwritable_output_is_refused_at_preflight(archive, model, tmp_path, capsys, monkeypatch):
+    """An output that cannot be written is refused with one line, before the model is loaded or a file is made."""
+    from test_batch_support import ThresholdNet
+
+    from medseg.cli import main
+    from medseg.nets.registry import NETWORKS
+
+    monkeypatch.setitem(NETWORKS, "threshold", ThresholdNet)
+
+    def segment(out: Path) -> str:
+        code = main(["segment", str(archive.root), str(out), "--model", str(model), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    assert "not-a-folder is not a folder" in segment(blocker / "out")
+    ro = tmp_path / "ro"
+    if not _read_only_folder(ro):
+        pytest.skip("cannot make a read-only folder here")
+    try:
+        for out in (ro, ro / "sub"):
+            assert "the output folder is not writable" in segment(out)
+            assert list(ro.iterdir()) == []
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(ro)], check=False)
+        else:
+            ro.chmod(stat.S_IRWXU)
