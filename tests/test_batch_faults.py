@@ -141,3 +141,36 @@ def test_unwritable_output_is_refused_at_preflight(archive, model, tmp_path, cap
             subprocess.run(["chattr", "-i", str(ro)], check=False)
         else:
             ro.chmod(stat.S_IRWXU)
+
+
+def test_outputs_inside_the_input_and_links_outside_it_are_never_input(tmp_path, caplog):
+    """A results folder left inside the input tree is not segmented by a later run, and a file link pointing
+    outside the input folder is not followed (a loop of links does not trap discovery)."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+    from test_batch_support import NAME_KEY, threshold_predictor
+
+    from medseg.batch import segment_archive
+
+    archive = write_archive(tmp_path / "archive", n_good=2, bad=False)
+    first = segment_archive(archive.root, archive.root / "results", threshold_predictor(), name_key=NAME_KEY,
+                            progress=False, formats=("nifti", "report"))  # fmt: skip
+    assert (first.done, first.total) == (2, 2)
+    assert len(list((archive.root / "results").rglob("label.nii.gz"))) == 2
+    # a NIfTI elsewhere, linked into the input; and a link loop
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), elsewhere / "secret.nii.gz")
+    (archive.root / "linked.nii.gz").symlink_to(elsewhere / "secret.nii.gz")
+    (archive.root / "loop_a.nii.gz").symlink_to(archive.root / "loop_b.nii.gz")
+    (archive.root / "loop_b.nii.gz").symlink_to(archive.root / "loop_a.nii.gz")
+    (archive.root / "dirloop").symlink_to(archive.root, target_is_directory=True)
+    with caplog.at_level("WARNING", logger="medseg.batch.discover"):
+        second = segment_archive(archive.root, tmp_path / "second", threshold_predictor(), name_key=NAME_KEY,
+                                 progress=False, formats=("nifti", "report"))  # fmt: skip
+    assert (second.done, second.total) == (2, 2)  # the two studies; no earlier label map, no linked file
+    assert "1 medseg output folder(s) inside the input passed over" in caplog.text
+    assert "1 symbolic link(s) to files outside the input folder not followed" in caplog.text
+    shutil.rmtree(tmp_path / "second")

@@ -29,6 +29,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from medseg.batch.ledger import LEDGER_FILE
 from medseg.batch.naming import keyed_name
 from medseg.data.dicom import DicomScan, SeriesInfo, SeriesRule, scan_dicom_files, select_series
 from medseg.data.io import is_volume_file, volume_stem
@@ -106,16 +107,35 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _walk(root: Path, excluded: Sequence[Path]) -> dict[Path, list[Path]]:
-    """Files under ``root`` grouped by folder, sorted, skipping hidden entries and the ``excluded`` folders."""
+    """Files under ``root`` grouped by folder, sorted.
+
+    Skipped: hidden entries, the ``excluded`` folders, medseg output folders (they hold a run ledger: an earlier
+    run's label maps are never input), symbolic links to files outside ``root`` and broken or looping links.
+    Folder links are not followed (``os.walk`` default), so a link loop cannot trap the walk.
+    """
     out: dict[Path, list[Path]] = {}
     skip = {p.resolve() for p in excluded}
+    real_root = root.resolve()
+    outside = outputs = 0
     for folder, dirs, names in os.walk(root):
         here = Path(folder)
+        if LEDGER_FILE in names:
+            outputs += 1
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skip)
-        files = [here / n for n in sorted(names) if not n.startswith(".")]
-        files = [f for f in files if f.is_file()]
+        files = []
+        for f in (here / n for n in sorted(names) if not n.startswith(".")):
+            if f.is_symlink() and not Path(os.path.realpath(f)).is_relative_to(real_root):  # loops: not a file
+                outside += 1
+            elif f.is_file():
+                files.append(f)
         if files:
             out[here] = files
+    if outputs:
+        logger.warning("%d medseg output folder(s) inside the input passed over (results are never input)", outputs)
+    if outside:
+        logger.warning("%d symbolic link(s) to files outside the input folder not followed", outside)
     return out
 
 
