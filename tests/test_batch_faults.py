@@ -174,3 +174,73 @@ def test_outputs_inside_the_input_and_links_outside_it_are_never_input(tmp_path,
     assert "1 medseg output folder(s) inside the input passed over" in caplog.text
     assert "1 symbolic link(s) to files outside the input folder not followed" in caplog.text
     shutil.rmtree(tmp_path / "second")
+
+
+def _end_slice(series_folder: Path) -> Path:
+    import pydicom
+
+    files = sorted(series_folder.iterdir())
+    return max(files, key=lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber))
+
+
+def test_an_input_that_changed_after_it_was_segmented_is_segmented_again(tmp_path):
+    """A series still being copied when a run segments it ends DONE with the slices it had (nothing can tell),
+    but the next run sees that its files changed and segments it again instead of calling it done."""
+    import nibabel as nib
+    from test_batch_support import NAME_KEY, threshold_predictor
+
+    from medseg.batch import segment_archive
+
+    archive = write_archive(tmp_path / "archive", n_good=2, bad=False)
+    last = _end_slice(archive.good[0] / "CT")
+    held = tmp_path / "held.dcm"
+    last.rename(held)  # not copied yet
+    out = tmp_path / "out"
+    first = segment_archive(archive.root, out, threshold_predictor(), name_key=NAME_KEY, progress=False,
+                            formats=("nifti", "report"))  # fmt: skip
+    assert first.done == 2
+    shapes = sorted(nib.load(f).shape[2] for f in out.glob("*/label.nii.gz"))
+    held.rename(last)  # the copy completes
+    second = segment_archive(archive.root, out, threshold_predictor(), name_key=NAME_KEY, progress=False,
+                             formats=("nifti", "report"))  # fmt: skip
+    assert (second.done, second.already_done, second.redone, second.processed) == (2, 1, 1, 1)
+    assert sorted(nib.load(f).shape[2] for f in out.glob("*/label.nii.gz")) == [shapes[1], shapes[1]]
+    assert shapes[0] == shapes[1] - 1
+    third = segment_archive(archive.root, out, threshold_predictor(), name_key=NAME_KEY, progress=False,
+                            formats=("nifti", "report"))  # fmt: skip
+    assert (third.already_done, third.processed) == (2, 0)
+
+
+def test_an_input_changing_during_its_segmentation_is_quarantined_and_retried(tmp_path):
+    """A file that grows while its study is computed (a copy in progress) gives INPUT_CHANGED and no output; the
+    next run, once the file is stable, segments it."""
+    import os
+
+    from test_batch_support import NAME_KEY, ThresholdNet, threshold_spec
+
+    from medseg.batch import segment_archive
+    from medseg.inference import Predictor
+
+    archive = write_archive(tmp_path / "archive", n_good=1, bad=False)
+    victim = sorted((archive.good[0] / "CT").iterdir())[3]
+
+    class TouchOnce(ThresholdNet):
+        """The thresholding network; its first forward pass changes an input file (as a copy would)."""
+
+        touched = False
+
+        def forward(self, x):
+            if not TouchOnce.touched:
+                TouchOnce.touched = True
+                st = victim.stat()
+                os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+            return super().forward(x)
+
+    out = tmp_path / "out"
+    first = segment_archive(archive.root, out, Predictor(TouchOnce(), threshold_spec(), device="cpu"),
+                            name_key=NAME_KEY, progress=False, formats=("nifti", "report"))  # fmt: skip
+    assert (first.done, first.quarantined) == (0, 1) and first.reasons() == {"INPUT_CHANGED": 1}
+    assert not [p for p in out.iterdir() if p.is_dir()]  # nothing published for the changed input
+    second = segment_archive(archive.root, out, Predictor(TouchOnce(), threshold_spec(), device="cpu"),
+                             name_key=NAME_KEY, progress=False, formats=("nifti", "report"))  # fmt: skip
+    assert (second.done, second.quarantined, second.processed) == (1, 0, 1)

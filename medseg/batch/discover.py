@@ -21,6 +21,7 @@ has none. The relative path is kept on the item for the user's quarantine list; 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -73,6 +74,34 @@ class WorkItem:
     @property
     def quarantined(self) -> bool:
         return self.problem is not None
+
+    @property
+    def input_files(self) -> list[Path]:
+        """Every file the item is read from (all channels), each once."""
+        files: dict[Path, None] = {}
+        for source in self.sources.values():
+            for f in source.source_files if isinstance(source, SeriesInfo) else [source]:
+                files[Path(f)] = None
+        return list(files)
+
+    def input_fingerprint(self) -> str | None:
+        """SHA-256 over (relative name, size, modification time) of :attr:`input_files`, or None without sources.
+
+        Taken at discovery and again before the item's outputs are published: a file that grew or was replaced
+        (a series still being copied, a study re-exported) changes it. ``stat`` only, no content read, so an
+        archive of thousands of studies is fingerprinted in seconds.
+        """
+        files = sorted(self.input_files, key=str)
+        if not files:
+            return None
+        digest = hashlib.sha256()
+        for f in files:
+            try:
+                st = f.stat()
+                digest.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{f.name}\0missing\n".encode())
+        return digest.hexdigest()
 
     @property
     def source_dicom_files(self) -> list[Path] | None:

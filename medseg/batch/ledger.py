@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS items (
     first_seen REAL NOT NULL,
     last_seen_run INTEGER,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    input_fingerprint TEXT
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -106,6 +107,7 @@ class LedgerRow:
     last_seen_run: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    input_fingerprint: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -115,7 +117,7 @@ class LedgerRow:
 
 _COLUMNS = (
     "key, kind, status, reason, error, output, checksums, formats, attempts, seconds_read, seconds_infer, "
-    "seconds_write, seconds_total, last_seen_run, started_at, finished_at"
+    "seconds_write, seconds_total, last_seen_run, started_at, finished_at, input_fingerprint"
 )
 
 
@@ -137,6 +139,7 @@ def _row(values: Sequence[Any]) -> LedgerRow:
         last_run,
         started,
         finished,
+        fingerprint,
     ) = values
     return LedgerRow(
         key=key,
@@ -155,6 +158,7 @@ def _row(values: Sequence[Any]) -> LedgerRow:
         last_seen_run=last_run,
         started_at=started,
         finished_at=finished,
+        input_fingerprint=fingerprint,
     )
 
 
@@ -180,6 +184,9 @@ class Ledger:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
+            if "input_fingerprint" not in columns:  # a ledger written before inputs were fingerprinted
+                conn.execute("ALTER TABLE items ADD COLUMN input_fingerprint TEXT")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path.name}: not a usable ledger database ({exc})") from exc
         if str(mode).lower() != "wal":
@@ -340,12 +347,14 @@ class Ledger:
         checksums: Mapping[str, str],
         formats: Sequence[str],
         timings: Mapping[str, float],
+        input_fingerprint: str | None = None,
     ) -> None:
         with self._transaction():
             self._update(
                 key,
                 "status = 'DONE', reason = NULL, error = NULL, output = ?, checksums = ?, formats = ?, "
-                "seconds_read = ?, seconds_infer = ?, seconds_write = ?, seconds_total = ?, finished_at = ?",
+                "seconds_read = ?, seconds_infer = ?, seconds_write = ?, seconds_total = ?, finished_at = ?, "
+                "input_fingerprint = ?",
                 output,
                 json.dumps(dict(checksums), sort_keys=True),
                 json.dumps(list(formats)),
@@ -354,6 +363,7 @@ class Ledger:
                 timings.get("write"),
                 timings.get("total"),
                 time.time(),
+                input_fingerprint,
             )
 
     def mark_quarantined(self, key: str, code: str, *, seconds: float | None = None) -> None:

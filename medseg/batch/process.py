@@ -115,6 +115,13 @@ def _write_case(
             created=ctx.created,
         )
         checksums = checksum_folder(tmp)
+        if item.input_fingerprint() != loaded.fingerprint:
+            raise InputError(
+                ReasonCode.INPUT_CHANGED,
+                item.relative_path,
+                "an input file changed while it was segmented (still being copied?); the next run segments it "
+                "again",
+            )
         publish_folder(tmp, ctx.output / item.key)
     except UnsupportedSegSourceError as exc:  # final for this input: quarantined, not retried every run
         shutil.rmtree(tmp, ignore_errors=True)
@@ -185,6 +192,7 @@ def process_item(
         checksums=checksums,
         formats=ctx.formats,
         timings={"read": read_s, "infer": infer_s, "write": write_s, "total": total},
+        input_fingerprint=loaded.fingerprint,
     )
     logger.info("item %s: DONE (read %.2f s, infer %.2f s, write %.2f s)", item.key, read_s, infer_s, write_s)
     return ItemOutcome(item.key, Status.DONE)

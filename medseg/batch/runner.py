@@ -154,15 +154,20 @@ def _plan(
             continue
         row = ledger.get(item.key)
         if row is not None and row.status == Status.DONE:
+            changed = row.input_fingerprint is not None and row.input_fingerprint != item.input_fingerprint()
             if (
-                row.output
+                not changed
+                and row.output
                 and set(formats) <= set(row.formats)
                 and folder_matches(output / row.output, row.checksums)
             ):
                 kept += 1
                 continue
             logger.warning(
-                "item %s: outputs missing, altered or lacking a format; computing it again", item.key
+                "item %s: %s; computing it again",
+                item.key,
+                "its input changed since it was segmented" if changed
+                else "outputs missing, altered or lacking a format",
             )
             ledger.mark_pending(item.key)
             redo += 1
