@@ -104,11 +104,22 @@ def test_tensor_in_tensor_out():
     assert out.mean().abs().item() < 1e-6
 
 
+def test_ct_clip_zscore_uses_fixed_dataset_statistics():
+    norm = build_normalizer("ct_clip_zscore", lower=-100.0, upper=300.0, mean=50.0, std=100.0)
+    x = np.array([-1000.0, -100.0, 50.0, 150.0, 300.0, 2000.0], dtype=np.float32)
+    expected = np.array([-1.5, -1.5, 0.0, 1.0, 2.5, 2.5], dtype=np.float32)
+    np.testing.assert_allclose(norm(x), expected, atol=1e-6)
+    # the same mapping whatever else is in the image (no image statistics) and whatever the mask
+    np.testing.assert_allclose(norm(x[2:4]), expected[2:4], atol=1e-6)
+    np.testing.assert_allclose(norm(x, mask=np.array([1, 0, 0, 0, 0, 0])), expected, atol=1e-6)
+    assert norm.pointwise
+    assert build_normalizer(norm.name, **norm.params()).params() == norm.params()
+
 # ---------------------------------------------------------------- name table and validation
 
 
 def test_table_names():
-    assert set(NORMALIZERS) == {"ct_window", "zscore", "percentile_clip", "none"}
+    assert set(NORMALIZERS) == {"ct_window", "ct_clip_zscore", "zscore", "percentile_clip", "none"}
     assert isinstance(build_normalizer("ct_window", center=40, width=400), CTWindow)
     assert isinstance(build_normalizer("none"), NoNormalization)
 
@@ -147,6 +158,9 @@ def test_missing_required_parameter_is_named():
         ("percentile_clip", {"lower": 99, "upper": 1}, "lower < upper"),
         ("percentile_clip", {"upper": 101}, "upper <= 100"),
         ("percentile_clip", {"then": "minmax"}, r"then must be one of \['zscore', 'rescale'\]"),
+        ("ct_clip_zscore", {"lower": 100, "upper": -100, "mean": 0, "std": 1}, "need lower < upper"),
+        ("ct_clip_zscore", {"lower": -100, "upper": 100, "mean": 0, "std": 0}, "std and eps must be > 0"),
+        ("ct_clip_zscore", {"lower": -100, "upper": 100, "mean": float("inf"), "std": 1}, "mean must be a finite"),
     ],
 )
 def test_bad_parameter_values(name, params, message):
@@ -159,7 +173,7 @@ def test_spec_round_trip_and_validation():
     assert spec.to_dict() == {"name": "ct_window", "center": 40, "width": 400}
     assert isinstance(spec.build(), CTWindow)
     with pytest.raises(
-        ConfigError, match="has no 'name'; valid names: ct_window, none, percentile_clip, zscore"
+        ConfigError, match="has no 'name'; valid names: ct_clip_zscore, ct_window, none, percentile_clip, zscore"
     ):
         NormalizationSpec.from_dict({"center": 40})
     with pytest.raises(ConfigError, match="width must be > 0"):

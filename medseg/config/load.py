@@ -82,10 +82,21 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return out
 
 
-def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> MedsegConfig:
-    """Load, merge and validate a config file into a :class:`MedsegConfig`."""
-    data = apply_overrides(load_raw(path), overrides)
+def load_config(
+    path: str | os.PathLike, overrides: Iterable[str] = (), overlays: Iterable[str | os.PathLike] = ()
+) -> MedsegConfig:
+    """Load, merge and validate a config file into a :class:`MedsegConfig`.
+
+    ``overlays`` (e.g. a ``medseg plan`` output) are YAML files merged over the config in order, before the
+    ``key.sub=value`` overrides.
+    """
+    data = load_raw(path)
+    sources = [str(path)]
+    for overlay in overlays:
+        data = deep_merge(data, load_raw(overlay))
+        sources.append(str(overlay))
+    data = apply_overrides(data, overrides)
     try:
         return from_dict(MedsegConfig, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{' + '.join(sources)}: {exc}") from exc

@@ -34,6 +34,7 @@ __all__ = [
     "NORMALIZERS",
     "ChannelNormalize",
     "ChannelNormalized",
+    "CTClipZScore",
     "CTWindow",
     "NoNormalization",
     "NormalizationSpec",
@@ -168,6 +169,35 @@ class CTWindow(Normalizer):
         return {"center": self.center, "width": self.width, "out_range": self.out_range}
 
 
+class CTClipZScore(Normalizer):
+    """Clip to fixed dataset bounds, then z-score with fixed dataset statistics (nnU-Net's ``CTNormalization``).
+
+    The bounds are usually the 0.5 and 99.5 percentiles of the dataset's foreground intensities (HU) and
+    ``mean``/``std`` their mean and standard deviation, as ``medseg plan`` measures them: every image of the dataset
+    gets the same mapping ``(clip(x, lower, upper) - mean) / max(std, eps)``. A fixed point-wise mapping: no image
+    statistics, so a mask has no effect.
+    """
+
+    name = "ct_clip_zscore"
+    pointwise = True
+
+    def __init__(self, lower: float, upper: float, mean: float, std: float, eps: float = 1e-8) -> None:
+        _check_finite("ct_clip_zscore", lower=lower, upper=upper, mean=mean, std=std, eps=eps)
+        if not lower < upper:
+            raise ConfigError(f"ct_clip_zscore: need lower < upper, got lower={lower}, upper={upper}")
+        if std <= 0 or eps <= 0:
+            raise ConfigError(f"ct_clip_zscore: std and eps must be > 0, got std={std}, eps={eps}")
+        self.lower, self.upper = float(lower), float(upper)
+        self.mean, self.std, self.eps = float(mean), float(std), float(eps)
+
+    def _apply(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        clipped = x.to(torch.float64).clamp(self.lower, self.upper)
+        return ((clipped - self.mean) / max(self.std, self.eps)).to(torch.float32)
+
+    def params(self) -> dict[str, Any]:
+        return {"lower": self.lower, "upper": self.upper, "mean": self.mean, "std": self.std, "eps": self.eps}
+
+
 def _selection(x: torch.Tensor, mask: torch.Tensor | None, nonzero: bool) -> torch.Tensor | None:
     """The voxels the statistics come from: ``mask``, restricted to non-zero voxels if ``nonzero`` (None: all)."""
     if not nonzero:
@@ -292,6 +322,7 @@ class PercentileClip(Normalizer):
 
 NORMALIZERS: dict[str, type[Normalizer]] = {
     "ct_window": CTWindow,
+    "ct_clip_zscore": CTClipZScore,
     "zscore": ZScore,
     "percentile_clip": PercentileClip,
     "none": NoNormalization,

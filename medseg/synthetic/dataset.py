@@ -61,6 +61,36 @@ def write_perfusion_dataset(
     return out
 
 
+def write_ct_dataset(
+    root: str | os.PathLike,
+    n_cases: int,
+    *,
+    shape: Sequence[int] = (48, 48, 32),
+    spacing: Sequence[float] = (1.5, 1.5, 2.5),
+    seed: int = 0,
+    n_organs: int = 4,
+) -> Path:
+    """Write ``n_cases`` CT phantoms (``CT.nii.gz`` in HU + organ ``label.nii.gz``); return the ``dataset.json`` path."""
+    root = Path(root)
+    cases = []
+    label_names: dict[int, str] = {}
+    for i in range(n_cases):
+        ph = make_ct_phantom(shape=shape, spacing=spacing, seed=seed + i, n_organs=n_organs)
+        folder = root / f"case_{i:03d}"
+        label_names = {0: "background", **{int(k): v for k, v in ph.label_names.items()}}
+        image = save_image(np.round(ph.image), folder / "CT.nii.gz", affine=ph.affine)
+        label = save_label(ph.label, folder / "label.nii.gz", affine=ph.affine)
+        cases.append({
+            "case_id": folder.name,
+            "channels": {"CT": str(image.relative_to(root))},
+            "label": str(label.relative_to(root)),
+        })
+    meta = {"channels": ["CT"], "labels": {str(k): v for k, v in label_names.items()}, "cases": cases}
+    out = root / "dataset.json"
+    atomic_write_text(out, json.dumps(meta, indent=2))
+    logger.info("wrote %d CT cases to %s", n_cases, root)
+    return out
+
 @dataclass(frozen=True)
 class SyntheticStudy:
     """One written DICOM study: where it is and the phantom's truth in the series' own grid."""
