@@ -244,3 +244,26 @@ def test_an_input_changing_during_its_segmentation_is_quarantined_and_retried(tm
     second = segment_archive(archive.root, out, Predictor(TouchOnce(), threshold_spec(), device="cpu"),
                              name_key=NAME_KEY, progress=False, formats=("nifti", "report"))  # fmt: skip
     assert (second.done, second.quarantined, second.processed) == (1, 0, 1)
+
+
+def test_seg_of_a_source_without_type2_patient_attributes_and_no_name_on_stderr(tmp_path, model):
+    """Sources lacking PatientSex (type 2, often dropped by anonymizers) still get a SEG, with the attribute empty;
+    and highdicom's warning about a one-component patient name (which quotes the name) never reaches stderr."""
+    import pydicom
+
+    archive = write_archive(tmp_path / "archive", n_good=1, bad=False)
+    for f in (archive.good[0] / "CT").iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.PatientSex
+        ds.PatientName = "ZEBRACANARYSINGLE"
+        ds.save_as(f)
+    out = tmp_path / "out"
+    code = _RUN.format(tests=str(TESTS), delay=0.0)
+    done = subprocess.run([sys.executable, "-c", code, "segment", str(archive.root), str(out), "--model", str(model),
+                           "--no-progress", "--formats", "nifti,seg"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ZEBRACANARYSINGLE" not in done.stderr + done.stdout
+    (seg_file,) = out.glob("*/seg.dcm")
+    seg = pydicom.dcmread(seg_file)
+    assert seg.PatientSex == "" and str(seg.PatientName) == "ZEBRACANARYSINGLE"  # copied as the source has it

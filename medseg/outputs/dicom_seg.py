@@ -34,6 +34,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +144,29 @@ def load_source_datasets(source: str | os.PathLike | Sequence[str | os.PathLike 
     if not items:
         raise ValueError("no DICOM source files given")
     return [
-        item if isinstance(item, Dataset) else pydicom.dcmread(item, stop_before_pixels=True)
+        _with_type2_attributes(item if isinstance(item, Dataset) else pydicom.dcmread(item, stop_before_pixels=True))
         for item in _unique(items)
     ]
+
+
+# Type 2 attributes of the Patient and General Study modules that a SEG copies from its source: they must be
+# present (maybe empty). Scanners and anonymizers often drop them; a SEG then gets them empty, as the standard
+# allows, instead of the case failing on every run.
+_TYPE2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)  # fmt: skip
+
+# highdicom warns about single-component person names with the name in the text: patient data on stderr.
+warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name")
+
+
+def _with_type2_attributes(ds: Dataset) -> Dataset:
+    """``ds`` with every attribute of :data:`_TYPE2_COPIED` present (missing ones added empty, in memory)."""
+    for keyword in _TYPE2_COPIED:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
 
 
 def _float_list(ds: Dataset, keyword: str, n: int) -> np.ndarray:
