@@ -32,17 +32,20 @@ def train_and_register(
     datalist: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
     register: bool = True,
+    observers: Sequence[Any] = (),
 ) -> TrainRegisterResult:
     """Train from a config while MLflow observes the run, then register the best model.
 
     The model is registered (new version, alias from ``tracking.alias``, ``champion`` by default) only when
     training completed; a diverged or failed run registers nothing. With the tracking server unreachable training
-    still completes: what could not be logged is kept in ``workdir/mlflow-offline`` and reported.
+    still completes: what could not be logged is kept in ``workdir/mlflow-offline`` and reported. ``observers``
+    see the training hooks too (e.g. :class:`medseg.training.progress.ConsoleProgress`).
     """
     from medseg.checkpoint import load_checkpoint
     from medseg.tracking import RunLogger, register_model
     from medseg.tracking.observer import MLflowObserver
     from medseg.training import train
+    from medseg.training.hooks import Observers
     from medseg.training.run import resolve_config
 
     cfg = resolve_config(config, overrides)
@@ -50,7 +53,7 @@ def train_and_register(
     run_logger = RunLogger(cfg.tracking, tracking_uri, work / "mlflow-offline")
     observer = MLflowObserver(run_logger, run_name=cfg.name)
     try:
-        result = train(cfg, work, resume=resume, tracker=observer, datalist=datalist)
+        result = train(cfg, work, resume=resume, tracker=Observers(observer, *observers), datalist=datalist)
     except BaseException:
         if run_logger.active:
             run_logger.end("FAILED")
@@ -82,6 +85,9 @@ def describe(result: TrainRegisterResult) -> Mapping[str, Any]:
         "best_epoch": t.best_epoch,
         "best_metrics": t.best_metrics,
         "best_checkpoint": str(t.best_checkpoint) if t.best_checkpoint else None,
+        "epochs_run": len(t.history),
+        "stopped_by": t.stopped_by,
+        "train_seconds": round(float(t.train_seconds), 1),
         "tracking_uri": result.tracking_uri,
         "run_id": result.run_id,
         "model_uri": (result.model.alias_uri or result.model.uri) if result.model else None,

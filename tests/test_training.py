@@ -137,6 +137,9 @@ def test_observer_sees_every_epoch_once(trained):
     assert "case_0" not in json.dumps(params, default=str)
     assert recorder.calls[1][1] == 0 and set(recorder.calls[1][2]) >= {"train/loss", "train/lr"}
     epoch, metrics, pngs = recorder.calls[4][1:]
-    assert epoch == 1 and metrics == {k: v for k, v in result.history[1].items() if k.startswith("val/")}
+    val = {k: v for k, v in result.history[1].items() if k.startswith("val/")}
+    best = max(h["val/dice_mean"] for h in result.history)  # the first strictly better epoch is the best
+    best_epoch = next(h["epoch"] for h in result.history if h["val/dice_mean"] == best)
+    assert epoch == 1 and metrics == {**val, "best/dice_mean": best, "best/epoch": best_epoch}
     assert pngs and all(p.is_file() for p in pngs)
     assert recorder.calls[-1][1] is result

@@ -47,11 +47,22 @@ class DatalistConfig:
             paths inside the list are relative to the list's folder. ``None``: must be given to ``train()``.
         format: ``auto`` picks from the path (folder with a ``dataset.json`` -> json).
         label: the label file's stem (folder layout) or the label column / key (CSV, JSON).
+        splits: an nnU-Net style splits file (``splits_final.json``: a list of ``{"train": [case ids], "val":
+            [case ids]}``, one per fold, or a single such mapping); fold ``fold`` of it picks the training and
+            validation cases. Without it, a ``split`` column (CSV) or key (JSON) with ``train`` / ``val`` per case
+            gives the roles; without either, ``train.val_fraction`` / ``train.folds`` split the cases by seed.
+        fold: the entry of ``splits`` to use.
     """
 
     path: str | None = None
     format: Literal["auto", "folder", "csv", "json"] = "auto"
     label: str = "label"
+    splits: str | None = None
+    fold: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fold < 0:
+            raise ConfigError(f"datalist.fold: must be >= 0, got {self.fold}")
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,13 @@ class TrainConfig:
     ``num_threads``: torch CPU threads while training (None: torch's default; the previous value is restored).
     A patch is centred on foreground with probability ``pos_fraction`` (foreground oversampling).
     The learning rate follows ``lr * (1 - epoch / epochs) ** poly_power``.
+
+    ``budget_minutes``: a wall-clock budget for the training loop (epochs, validations and checkpoints; the data
+    loading and caching before the first epoch are not counted). Training stops when the time left would not hold
+    the final validation (estimated from the last one), ``epochs`` becomes an upper bound, and the learning rate
+    follows ``lr * (1 - p) ** poly_power`` step by step, ``p`` being the fraction of the run done (the larger of
+    time used / time available and steps done / ``epochs`` steps), so it reaches its final value (0) as the run
+    ends. ``val_every: 0`` turns validation off (``best.pt`` is then the final weights).
     """
 
     seed: int = 0
@@ -159,6 +177,7 @@ class TrainConfig:
     poly_power: float = 0.9
     grad_clip: float | None = 12.0
     val_every: int = 1
+    budget_minutes: float | None = None
     val_fraction: float = 0.2
     folds: int | None = None
     fold: int = 0
@@ -175,9 +194,13 @@ class TrainConfig:
     qc_cases: int = 2
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "samples_per_case", "val_every"):
+        for key in ("epochs", "batch_size", "samples_per_case"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.val_every < 0:
+            raise ConfigError(f"train.val_every: must be >= 1, or 0 for no validation, got {self.val_every}")
+        if self.budget_minutes is not None:
+            _check_positive("train.budget_minutes", self.budget_minutes)
         if not self.patch_size or any(p < 1 for p in self.patch_size):
             raise ConfigError(f"train.patch_size: positive sizes required, got {list(self.patch_size)}")
         _check_probability("train.pos_fraction", self.pos_fraction)

@@ -18,7 +18,10 @@ class MLflowObserver:
     """Implements the hooks of :mod:`medseg.training.hooks` on top of a :class:`RunLogger`.
 
     The run starts in ``on_start`` and ends in ``on_end``; registration, which needs the finished run's best
-    checkpoint, is done afterwards by :func:`medseg.workflows.train_and_register`.
+    checkpoint, is done afterwards by :func:`medseg.workflows.train_and_register`. Logged per epoch (the step is the
+    0-based epoch): ``train/loss``, ``train/lr``, ``train/seconds``, ``run/elapsed_seconds``, ``run/progress``,
+    ``run/eta_seconds``; per validation: ``val/dice_mean``, ``val/dice/<label>``, ``best/dice_mean``,
+    ``best/epoch``; at the end: ``run/train_seconds`` and the tags ``medseg.status`` and ``medseg.stopped_by``.
     """
 
     def __init__(self, run_logger: RunLogger, run_name: str | None = None) -> None:
@@ -52,7 +55,10 @@ class MLflowObserver:
             self.run_logger.log_metrics(best, step=int(result.best_epoch or 0))  # keys sanitised by RunLogger
         if result.error:
             self.run_logger.set_tags({"medseg.error": result.error[:500]})
-        self.run_logger.set_tags({"medseg.status": result.status})
+        if result.history:
+            self.run_logger.log_metrics({"run/train_seconds": float(result.train_seconds)},
+                                        step=int(result.history[-1]["epoch"]))
+        self.run_logger.set_tags({"medseg.status": result.status, "medseg.stopped_by": result.stopped_by})
         # the run stays open for registration when training completed; the workflow ends it
         if not result.succeeded:
             self.run_logger.end(_STATUS.get(result.status, "FAILED"))

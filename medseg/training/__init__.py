@@ -6,7 +6,7 @@ from medseg.training.datalist import CaseEntry, CaseInfo, DatalistError, load_da
 from medseg.training.hooks import TrainingObserver, TrainResult
 from medseg.training.loop import Trainer, TrainingDiverged
 from medseg.training.run import build_model_spec, public_config, train
-from medseg.training.split import holdout_split, kfold_split, split_cases
+from medseg.training.split import choose_split, holdout_split, kfold_split, split_cases
 
 __all__ = [
     "CaseEntry",
@@ -17,6 +17,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingObserver",
     "build_model_spec",
+    "choose_split",
     "holdout_split",
     "kfold_split",
     "load_datalist",

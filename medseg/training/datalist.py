@@ -8,6 +8,9 @@ Layouts (relative paths are relative to the list's folder):
 * JSON: ``{"cases": [{"case_id", "channels": {name: path}, "label": path}]}`` (the layout of
   :func:`medseg.synthetic.dataset.write_perfusion_dataset`) or a bare list of such cases.
 
+CSV and JSON lists may give each case a role: a ``split`` column / key with ``train`` or ``val`` (see
+:func:`medseg.training.split.choose_split`; an nnU-Net splits file is the other way).
+
 :func:`validate_datalist` loads every case and reports *all* problems at once: missing files, channels or labels
 on another grid, undeclared label values; each message names the files involved.
 """
@@ -40,6 +43,7 @@ class CaseEntry:
     case_id: str
     channels: dict[str, Path]
     label: Path | None
+    split: str | None = None  # "train" or "val" when the datalist gives roles
 
     def as_item(self) -> dict[str, Any]:
         """The dictionary handed to the transform chain (paths as text)."""
@@ -82,6 +86,16 @@ def _resolve(base: Path, value: str | os.PathLike) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _role(value: Any, case_id: str, path: Path) -> str | None:
+    """The ``split`` of one case: ``train``, ``val`` or None (empty); anything else is refused."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    role = str(value).strip().lower()
+    if role not in ("train", "val"):
+        raise ConfigError(f"{path}: case {case_id}: split must be 'train' or 'val', got {value!r}")
+    return role
+
+
 def _from_folder(root: Path, channels: Sequence[str], label: str) -> list[CaseEntry]:
     entries = []
     for case in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -112,6 +126,7 @@ def _from_csv(path: Path, channels: Sequence[str], label: str) -> list[CaseEntry
             row["case_id"],
             {c: _resolve(base, row[c]) for c in channels},
             _resolve(base, row[label]) if row.get(label) else None,
+            _role(row.get("split"), row["case_id"], path),
         )
         for row in rows
     ]
@@ -133,8 +148,9 @@ def _from_json(path: Path, channels: Sequence[str], label: str) -> list[CaseEntr
         ch = case["channels"]
         found = {n: _resolve(base, ch[n]) for n in channels if n in ch}
         lab = case.get(label)
+        case_id = str(case.get("case_id", f"case_{i:03d}"))
         entries.append(
-            CaseEntry(str(case.get("case_id", f"case_{i:03d}")), found, _resolve(base, lab) if lab else None)
+            CaseEntry(case_id, found, _resolve(base, lab) if lab else None, _role(case.get("split"), case_id, path))
         )
     return entries
 

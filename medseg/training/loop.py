@@ -6,6 +6,15 @@ exactly as an uninterrupted run would (on CPU, with deterministic algorithms).
 
 A non-finite loss, or non-finite weights at the end of an epoch, raises :class:`TrainingDiverged` at once: no
 checkpoint is written after it.
+
+With a wall-clock budget (see :mod:`medseg.training.clock`) the epoch during which the budget runs out ends after
+the step that used it up; that epoch is the last: it is validated and checkpointed like the last epoch of an
+epoch-limited run. A schedule with ``set_progress`` (:class:`medseg.training.optim.ProgressPoly`) gets the
+fraction of the run done before every step, and 1 when the run ends. The time used is kept in ``last.pt``, so a
+resumed run continues with the budget left. Exact replay holds for epoch-limited runs only: where a budgeted run
+stops, and its learning rates, depend on the machine's speed.
+
+Without validation (``val_every: 0``) ``best.pt`` holds the weights of the final epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import torch
 
 from medseg.checkpoint import Checkpoint, ModelSpec, capture_rng, restore_rng, save_checkpoint
 from medseg.errors import MedsegError
+from medseg.training.clock import RunClock
 from medseg.training.hooks import notify
 from medseg.training.validation import autocast
 
@@ -48,6 +58,7 @@ class LoopState:
     best_metric: float = -math.inf
     best_epoch: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped_by: str | None = None  # "epochs" or "budget" once the run has finished
 
 
 class Trainer:
@@ -55,13 +66,16 @@ class Trainer:
 
     Args:
         model, loss, optimizer, scheduler: the pieces; ``loss(pred, target, dist)`` (a
-            :class:`medseg.losses.DeepSupervisionLoss`), the scheduler is stepped once per epoch.
+            :class:`medseg.losses.DeepSupervisionLoss`), the scheduler is stepped once per epoch, or, when it has
+            ``set_progress``, given the fraction of the run done before every step.
         spec: written into every checkpoint.
         loaders: ``epoch -> iterable of batches`` (``image``, ``label`` and, when ``needs_dist``, ``dist``).
         needs_dist: whether batches carry distance maps for the loss (default: the loss's ``requires_dist``).
         validate: ``epoch -> (metrics, qc_pngs)``; ``val/dice_mean`` selects the best checkpoint.
         checkpoint_dir: where ``last.pt`` and ``best.pt`` go.
-        epochs, val_every: epoch count and validation period (the last epoch is always validated).
+        epochs, val_every: epoch count (an upper bound with a budget) and validation period (the last epoch is
+            always validated; 0: no validation at all).
+        budget_seconds: wall-clock budget of the loop (None: run all epochs).
         device, amp: device, and mixed precision (used on CUDA only).
         grad_clip: max gradient norm (None: no clipping).
         observer: optional hook object (see :mod:`medseg.training.hooks`).
@@ -85,11 +99,18 @@ class Trainer:
         needs_dist: bool | None = None,
         grad_clip: float | None = None,
         observer: Any = None,
+        budget_seconds: float | None = None,
     ) -> None:
         self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
         self.spec, self.loaders, self.validate_fn = spec, loaders, validate
         self.checkpoint_dir = Path(checkpoint_dir)
+        if val_every < 0:
+            raise ValueError(f"val_every must be >= 0, got {val_every}")
         self.epochs, self.val_every = epochs, val_every
+        self.per_step = callable(getattr(scheduler, "set_progress", None))
+        if budget_seconds is not None and not self.per_step:
+            raise ValueError("a time budget needs a schedule driven by progress (set_progress), e.g. ProgressPoly")
+        self.clock = RunClock(epochs, val_every, budget_seconds)
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
@@ -135,15 +156,32 @@ class Trainer:
         return {"loss": value}
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """All steps of one epoch; returns ``train/*`` metrics (mean loss, learning rate, steps, seconds)."""
+        """The steps of one epoch (all, or up to the one that uses up the time budget); returns ``train/*``
+        metrics (mean loss, learning rate of the last step, steps, seconds)."""
         start = time.perf_counter()
         inner = getattr(self.loss, "loss", self.loss)
         if hasattr(inner, "set_epoch"):
             inner.set_epoch(epoch)
-        lr = float(self.optimizer.param_groups[0]["lr"])
+        loader = self.loaders(epoch)
+        n_steps = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        if n_steps:
+            self.clock.steps_per_epoch = n_steps
+        notify(self.observer, "on_epoch_start", epoch, {"steps": n_steps, "epochs": self.epochs})
         losses = []
-        for step, batch in enumerate(self.loaders(epoch)):
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        before = time.perf_counter()
+        for step, batch in enumerate(loader):
+            if self.per_step:
+                lr = self.scheduler.set_progress(self.clock.fraction())
             losses.append(self.train_step(batch, epoch, step)["loss"])
+            now = time.perf_counter()
+            self.clock.note_step(now - before)
+            before = now
+            progress = self.clock.fraction()
+            info = {"loss": losses[-1], "lr": lr, "progress": progress, "eta_seconds": self.clock.eta(epoch)}
+            notify(self.observer, "on_step_end", epoch, step, info)
+            if self.clock.exhausted():
+                break
         if not losses:
             raise ValueError(f"epoch {epoch} had no training batches")
         for name, p in self.model.named_parameters():
@@ -168,6 +206,8 @@ class Trainer:
             "history": st.history,
             "best_metric": st.best_metric,
             "best_epoch": st.best_epoch,
+            "stopped_by": st.stopped_by,
+            "clock": self.clock.state_dict(),
         }
         if self.scaler is not None:
             extra["grad_scaler"] = self.scaler.state_dict()
@@ -201,32 +241,66 @@ class Trainer:
             float(best),
             ckpt.extra.get("best_epoch"),
             [dict(h) for h in ckpt.extra.get("history", [])],
+            ckpt.extra.get("stopped_by"),
         )
+        steps = int(sum(h.get("train/steps", 0.0) for h in self.state.history))
+        self.clock.load_state_dict(dict(ckpt.extra.get("clock") or {}), steps)
 
     # ------------------------------------------------------------------------------------------------ loop
     def fit(self) -> LoopState:
-        """Train from the epoch after ``state.epoch`` to the end."""
-        for epoch in range(self.state.epoch + 1, self.epochs):
-            record: dict[str, float] = {"epoch": float(epoch), **self.train_epoch(epoch)}
-            logger.info("epoch %d: loss %.4f (%.1f s)", epoch, record["train/loss"], record["train/seconds"])
+        """Train from the epoch after ``state.epoch`` to the end (the last epoch, or the budget used up).
+
+        A run that has finished (``state.stopped_by`` set) trains no further.
+        """
+        st = self.state
+        if st.stopped_by is not None:
+            logger.info("the run already finished (stopped by %s after epoch %d): nothing to train", st.stopped_by,
+                        st.epoch)
+            return st
+        self.clock.start()
+        try:
+            self._run_epochs()
+        finally:
+            self.clock.stop()
+        return st
+
+    def _run_epochs(self) -> None:
+        st, validating = self.state, self.val_every > 0
+        for epoch in range(st.epoch + 1, self.epochs):
+            train = self.train_epoch(epoch)
+            due = validating and (epoch + 1) % self.val_every == 0
+            last = epoch == self.epochs - 1 or self.clock.last_epoch(due)
+            if last:
+                st.stopped_by = "epochs" if epoch == self.epochs - 1 else "budget"
+                if self.per_step:
+                    self.scheduler.set_progress(1.0)  # the final learning rate, as after the last poly epoch
+            run = {"run/elapsed_seconds": self.clock.elapsed(), "run/progress": 1.0 if last else self.clock.fraction()}
+            eta = self.clock.eta(epoch)
+            if eta is not None:
+                run["run/eta_seconds"] = eta
+            record: dict[str, float] = {"epoch": float(epoch), **train, **run}
+            logger.debug("epoch %d: loss %.4f (%.1f s)", epoch, record["train/loss"], record["train/seconds"])
+            notify(self.observer, "on_epoch_end", epoch, {k: v for k, v in record.items() if k != "epoch"})
             qc: list[Path] = []
             val: dict[str, float] = {}
-            if (epoch + 1) % self.val_every == 0 or epoch == self.epochs - 1:
+            if validating and (due or last):
+                t = time.perf_counter()
                 val, qc = self.validate_fn(epoch)
+                self.clock.note_validation(time.perf_counter() - t)
                 record.update(val)
-                logger.info("epoch %d: validation Dice %.4f", epoch, val["val/dice_mean"])
-            self.state.history.append(record)
-            self.state.epoch = epoch
-            if val and val["val/dice_mean"] > self.state.best_metric:
-                self.state.best_metric, self.state.best_epoch = val["val/dice_mean"], epoch
+                logger.debug("epoch %d: validation Dice %.4f", epoch, val["val/dice_mean"])
+            st.history.append(record)
+            st.epoch = epoch
+            t = time.perf_counter()
+            if val and val["val/dice_mean"] > st.best_metric:
+                st.best_metric, st.best_epoch = val["val/dice_mean"], epoch
                 save_checkpoint(self.best_path, self._checkpoint(epoch, val, full=False))
+            if not validating and last:  # nothing to choose by: the final weights are the model
+                save_checkpoint(self.best_path, self._checkpoint(epoch, record, full=False))
             save_checkpoint(self.last_path, self._checkpoint(epoch, record, full=True))
-            notify(
-                self.observer,
-                "on_epoch_end",
-                epoch,
-                {k: v for k, v in record.items() if k.startswith("train/")},
-            )
+            self.clock.note_checkpoint(time.perf_counter() - t)
             if val:
-                notify(self.observer, "on_validation", epoch, val, qc)
-        return self.state
+                best = {"best/dice_mean": st.best_metric, "best/epoch": float(st.best_epoch or 0)}
+                notify(self.observer, "on_validation", epoch, {**val, **best}, qc)
+            if last:
+                break

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 
-from medseg import __version__
+from medseg._version import __version__
 from medseg.atomic import atomic_write_text
 from medseg.checkpoint import CheckpointError, ModelSpec, load_checkpoint
 from medseg.config import MedsegConfig, apply_overrides, from_dict, load_config, to_dict
@@ -37,9 +37,9 @@ from medseg.training.data import epoch_loader, make_dataset, seed_everything
 from medseg.training.datalist import load_datalist, validate_datalist
 from medseg.training.hooks import TrainResult, notify
 from medseg.training.loop import Trainer, TrainingDiverged
-from medseg.training.optim import build_optimizer, build_poly_schedule
+from medseg.training.optim import build_optimizer, build_schedule
 from medseg.training.plots import learning_curve, qc_overlay
-from medseg.training.split import split_cases
+from medseg.training.split import choose_split
 from medseg.training.summary import dataset_summary
 from medseg.training.transforms import build_train_transforms, build_val_transforms
 from medseg.training.validation import make_val_inferer, validate
@@ -58,6 +58,7 @@ def public_config(config: MedsegConfig) -> dict[str, Any]:
     """The config as plain data without local input/cache paths (a folder name may hold a patient's name)."""
     data = to_dict(config)
     data["datalist"]["path"] = None
+    data["datalist"]["splits"] = None
     data["train"]["cache_dir"] = None
     return data
 
@@ -127,6 +128,13 @@ def _check_resumable(spec: ModelSpec, saved: ModelSpec, path: Path) -> None:
                 f"--resume: {path} was trained with a different {key} ({getattr(saved, key)!r} "
                 f"vs {getattr(spec, key)!r}); use a new work folder"
             )
+    before = saved.config.get("train", {}).get("budget_minutes")
+    now = spec.config.get("train", {}).get("budget_minutes")
+    if (before is None) != (now is None):
+        raise ConfigError(
+            f"--resume: {path} was trained {'without' if before is None else 'with'} train.budget_minutes "
+            f"({before!r} vs {now!r}); the learning-rate schedule differs, so use a new work folder"
+        )
 
 
 def train(
@@ -143,7 +151,8 @@ def train(
     Args:
         config: a config or a YAML file.
         workdir: output folder (created).
-        resume: continue from ``workdir/checkpoints/last.pt`` (epoch, optimizer, scheduler, RNG).
+        resume: continue from ``workdir/checkpoints/last.pt`` (epoch, optimizer, scheduler, RNG, and the time
+            used, so a run with ``train.budget_minutes`` continues with the budget left).
         tracker: optional observer with the hooks of :mod:`medseg.training.hooks`.
         datalist: overrides ``config.datalist.path``.
         overrides: ``key.sub=value`` config overrides.
@@ -169,9 +178,22 @@ def train(
         source, config.data.channel_names, label=config.datalist.label, fmt=config.datalist.format
     )
     infos = validate_datalist(entries, config.data, source=str(source))
-    train_cases, val_cases = split_cases(
-        entries, val_fraction=tc.val_fraction, folds=tc.folds, fold=tc.fold, seed=tc.seed
+    train_cases, val_cases = choose_split(
+        entries,
+        splits=config.datalist.splits,
+        fold=config.datalist.fold,
+        validation=tc.val_every > 0,
+        val_fraction=tc.val_fraction,
+        folds=tc.folds,
+        k=tc.fold,
+        seed=tc.seed,
+        source=str(source),
     )
+    val_every = tc.val_every if val_cases else 0
+    if tc.val_every == 0:
+        logger.warning("train.val_every is 0: no validation runs; best.pt will hold the final epoch's weights")
+    elif not val_cases:
+        logger.warning("no validation case: no validation runs; best.pt will hold the final epoch's weights")
     summary = dataset_summary(config.data, infos, len(train_cases), len(val_cases))
     atomic_write_text(work / "dataset_summary.json", json.dumps(summary, indent=2))
     atomic_write_text(work / "config.yaml", yaml.safe_dump(public_config(config), sort_keys=False))
@@ -188,8 +210,10 @@ def train(
             tc.cache,
             cache_dir / "train",
         )
-        val_ds = make_dataset(
-            [e.as_item() for e in val_cases], build_val_transforms(config), tc.cache, cache_dir / "val"
+        val_ds = (
+            make_dataset([e.as_item() for e in val_cases], build_val_transforms(config), tc.cache, cache_dir / "val")
+            if val_every
+            else None
         )
         seed_everything(tc.seed)
         d = config.data
@@ -199,7 +223,7 @@ def train(
         optimizer = build_optimizer(
             model.parameters(), tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.nesterov
         )
-        scheduler = build_poly_schedule(optimizer, tc.epochs, tc.poly_power)
+        scheduler = build_schedule(optimizer, tc.epochs, tc.poly_power, budget=tc.budget_minutes is not None)
         spec = build_model_spec(config, model)
         inferer = make_val_inferer(config)
         qc_dir = work / "qc"
@@ -245,11 +269,12 @@ def train(
             validate=run_validation,
             checkpoint_dir=work / "checkpoints",
             epochs=tc.epochs,
-            val_every=tc.val_every,
+            val_every=val_every,
             device=device,
             amp=tc.amp,
             grad_clip=tc.grad_clip,
             observer=tracker,
+            budget_seconds=None if tc.budget_minutes is None else 60.0 * tc.budget_minutes,
         )
         resumed_from = None
         if resume:
@@ -271,6 +296,7 @@ def train(
                     "device": str(device),
                     "medseg_version": __version__,
                     "resumed_from_epoch": resumed_from,
+                    "validation": val_every > 0,
                 },
             },
         )
@@ -301,6 +327,8 @@ def _finish(
     result.last_checkpoint = trainer.last_path if trainer.last_path.is_file() else None
     result.best_checkpoint = trainer.best_path if trainer.best_path.is_file() else None
     result.best_epoch = st.best_epoch
+    result.stopped_by = st.stopped_by
+    result.train_seconds = trainer.clock.elapsed()
     if st.best_epoch is not None:
         best = next((h for h in st.history if h["epoch"] == st.best_epoch), {})
         result.best_metrics = {k: v for k, v in best.items() if k.startswith("val/")}
