@@ -6,6 +6,7 @@ input root where there is one) and a human sentence. Batch runs store the code; 
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 
@@ -25,8 +26,15 @@ class ReasonCode(str, Enum):
     HEADER_SIZE_MISMATCH = "HEADER_SIZE_MISMATCH"
     NO_PIXEL_DATA = "NO_PIXEL_DATA"
     MISSING_GEOMETRY = "MISSING_GEOMETRY"
+    # a header field contradicts its format (NIfTI dim[0], pixdim, scl_inter)
+    INVALID_HEADER = "INVALID_HEADER"
+    UNSUPPORTED_DTYPE = "UNSUPPORTED_DTYPE"  # complex, RGB or unknown voxel type
+    # DICOM BitsStored / HighBit / PixelRepresentation impossible
+    INVALID_PIXEL_FORMAT = "INVALID_PIXEL_FORMAT"
+    INVALID_RESCALE = "INVALID_RESCALE"  # DICOM RescaleSlope/Intercept non-numeric, zero slope, half a pair
     # volume content / geometry
     NAN_VOXELS = "NAN_VOXELS"
+    INTENSITY_RANGE = "INTENSITY_RANGE"  # values impossible for the modality (e.g. CT above 32767 HU)
     QFORM_SFORM_MISMATCH = "QFORM_SFORM_MISMATCH"
     WRONG_DIMENSIONS = "WRONG_DIMENSIONS"
     INVALID_AFFINE = "INVALID_AFFINE"
@@ -40,6 +48,12 @@ class ReasonCode(str, Enum):
     NONUNIFORM_SPACING = "NONUNIFORM_SPACING"
     DUPLICATE_SLICE = "DUPLICATE_SLICE"
     TOO_FEW_SLICES = "TOO_FEW_SLICES"
+    # fewer slices than a 3D volume needs (medseg.data.dicom.geometry.MIN_VOLUME_SLICES)
+    NOT_VOLUME = "NOT_VOLUME"
+    INCONSISTENT_PIXEL_FORMAT = "INCONSISTENT_PIXEL_FORMAT"  # bits / sign / photometric differ between slices
+    INCONSISTENT_RESCALE = "INCONSISTENT_RESCALE"  # some slices have RescaleSlope/Intercept, others not
+    # an input file changed (size or modification time) while it was being segmented, e.g. still being copied
+    INPUT_CHANGED = "INPUT_CHANGED"
     # selection
     NO_SERIES = "NO_SERIES"
     AMBIGUOUS_SERIES = "AMBIGUOUS_SERIES"
@@ -77,6 +91,31 @@ class InputError(MedsegError):
 
     def as_dict(self) -> dict[str, str | None]:
         return {"code": self.code.value, "path": self.path, "detail": self.detail}
+
+    def relative_to(self, root: str | Path, fallback: str | None = None) -> InputError:
+        """The same error naming its file relative to ``root`` (absolute paths can hold patient folders).
+
+        An absolute path (or one spelled from the current folder through ``root``) is made relative to ``root``
+        (``root`` itself becomes ``"."``); a path outside ``root`` becomes ``fallback`` (default: its file name);
+        other relative paths are taken as relative to ``root`` already. ``root`` is replaced by ``<input>`` in the
+        detail.
+        """
+        root_path = Path(os.path.abspath(root))
+        path = self.path
+        if path is not None:
+            p = Path(path)
+            full = Path(os.path.abspath(p))
+            if p.is_absolute() or full == root_path or full.is_relative_to(root_path) and p.parts[:1] == Path(
+                root
+            ).parts[:1]:
+                try:
+                    path = full.relative_to(root_path).as_posix() or "."
+                except ValueError:
+                    path = fallback if fallback is not None else p.name
+        detail = self.detail.replace(str(root_path), "<input>")
+        if str(root) not in (".", ""):
+            detail = detail.replace(str(root), "<input>")
+        return InputError(self.code, path, detail)
 
 
 class Problem:

@@ -77,8 +77,10 @@ def test_rule_matching_several_is_ambiguous_and_lists_them(study: Path) -> None:
         select_series(scan, SeriesRule(modality="CT", min_slices=2))
     assert err.value.code == ReasonCode.AMBIGUOUS_SERIES
     message = str(err.value)
-    assert "CT ABDOMEN PORTAL" in message and "CT MIP" in message
-    assert "T1 vibe" not in message and "scout" not in message
+    # listed by series number and image type; SeriesDescription (free text, may hold identifiers) is left out
+    assert "series_number=2" in message and "series_number=3" in message and "DERIVED/SECONDARY" in message
+    assert "series_number=4" not in message and "series_number=1" not in message
+    assert "CT ABDOMEN PORTAL" not in message and "CT MIP" not in message
     assert "matches 2" in message
 
 
@@ -87,7 +89,8 @@ def test_wrong_modality_vs_no_series(study: Path) -> None:
     with pytest.raises(InputError) as err:
         select_series(scan, SeriesRule(modality="PT"))
     assert err.value.code == ReasonCode.WRONG_MODALITY
-    assert "T1 vibe" in str(err.value)  # lists what exists
+    assert "modality=MR series_number=4" in str(err.value)  # lists what exists
+    assert "T1 vibe" not in str(err.value)  # but not the free-text SeriesDescription
     with pytest.raises(InputError) as err:
         select_series(scan, SeriesRule(modality="MR", description="flair"))
     assert err.value.code == ReasonCode.NO_SERIES

@@ -21,6 +21,7 @@ from monai.utils import MetaKeys
 from medseg.batch.discover import WorkItem
 from medseg.data.channels import check_same_grid, grid_distance_mm
 from medseg.data.dicom import DicomSeriesReader, SeriesInfo, load_dicom_series
+from medseg.data.dicom.geometry import MIN_VOLUME_SLICES
 from medseg.data.io import load_volume
 from medseg.errors import InputError, ReasonCode
 
@@ -39,6 +40,7 @@ class LoadedItem:
     image: MetaTensor
     source_dicom_files: list[Path] | None
     seconds: float = 0.0
+    fingerprint: str | None = None  # the input files' fingerprint taken just before they were read
 
 
 def _squeeze_2d(img: MetaTensor, where: str) -> MetaTensor:
@@ -60,7 +62,7 @@ def _squeeze_2d(img: MetaTensor, where: str) -> MetaTensor:
 
 def series_image(series: SeriesInfo, *, spatial_dims: int = 3, where: str = "") -> MetaTensor:
     """One scanned DICOM stack as a (1, i, j, k) float32 MetaTensor with its RAS affine (no rescan)."""
-    volume, affine, meta = load_dicom_series(series)
+    volume, affine, meta = load_dicom_series(series, min_slices=MIN_VOLUME_SLICES if spatial_dims == 3 else 1)
     array, meta = DicomSeriesReader().get_data((volume, affine, meta))
     meta = dict(meta)
     meta[MetaKeys.AFFINE] = torch.as_tensor(np.asarray(meta[MetaKeys.AFFINE], dtype=np.float64))
@@ -136,6 +138,7 @@ def load_item(item: WorkItem, spec: Any, root: Path) -> LoadedItem:
     """
     if item.quarantined:
         raise item.problem.to_error()
+    fingerprint = item.input_fingerprint()  # before reading: a change after this is caught before publishing
     names = [str(c["name"]) for c in spec.channels]
     loaded: dict[str, MetaTensor] = {}
     for name in names:
@@ -154,4 +157,4 @@ def load_item(item: WorkItem, spec: Any, root: Path) -> LoadedItem:
         image = stack_channels(loaded, resample=resample, where=item.relative_path)
     image.meta["filename_or_obj"] = item.key  # never the input path: it may name the patient
     image.meta["channel_names"] = names
-    return LoadedItem(item=item, image=image, source_dicom_files=item.source_dicom_files)
+    return LoadedItem(item=item, image=image, source_dicom_files=item.source_dicom_files, fingerprint=fingerprint)

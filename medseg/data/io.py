@@ -45,13 +45,15 @@ def volume_stem(name: str) -> str:
     return name
 
 
-def reader_for(path: str | os.PathLike, *, series_rule: Any = None, allow_nan: bool = False) -> ImageReader:
+def reader_for(
+    path: str | os.PathLike, *, series_rule: Any = None, allow_nan: bool = False, min_slices: int = 1
+) -> ImageReader:
     """Choose the MONAI reader for ``path``; a folder (or a single .dcm file's folder) is read as DICOM."""
     p = Path(path)
     if p.is_dir():
         from medseg.data.dicom import DicomSeriesReader
 
-        return DicomSeriesReader(rule=series_rule)
+        return DicomSeriesReader(rule=series_rule, min_slices=min_slices)
     if not p.exists():
         raise InputError(ReasonCode.FILE_NOT_FOUND, p, "no such file or folder")
     if is_nifti(p):
@@ -69,6 +71,7 @@ def load_volume(
     allow_channels: bool = False,
     allow_nan: bool = False,
     dtype: np.dtype | type | None = np.float32,
+    min_slices: int | None = None,
 ) -> MetaTensor:
     """Load a volume as a channel-first MetaTensor with a RAS affine.
 
@@ -79,11 +82,17 @@ def load_volume(
         allow_channels: accept a 4D file (its last axis becomes channels); otherwise it is refused.
         allow_nan: accept NaN voxels.
         dtype: output dtype (``None`` keeps the stored dtype, e.g. for label maps).
+        min_slices: a DICOM series with fewer slices is refused (``NOT_VOLUME``); default
+            :data:`medseg.data.dicom.geometry.MIN_VOLUME_SLICES` for a 3D read, 1 for 2D.
 
     Raises:
         InputError: unreadable, truncated or inconsistent input, with its reason code and file.
     """
-    reader = reader_for(path, series_rule=series_rule, allow_nan=allow_nan)
+    if min_slices is None:
+        from medseg.data.dicom.geometry import MIN_VOLUME_SLICES
+
+        min_slices = MIN_VOLUME_SLICES if spatial_dims == 3 else 1
+    reader = reader_for(path, series_rule=series_rule, allow_nan=allow_nan, min_slices=min_slices)
     img = _to_metatensor(*reader.get_data(reader.read(str(path))), dtype=dtype)
     spatial = tuple(img.shape[1:])
     if img.shape[0] != 1 and not allow_channels:

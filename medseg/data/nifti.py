@@ -6,13 +6,30 @@ nibabel parses the header; the voxel payload is read here so that it can be chec
   memory is allocated (``HEADER_SIZE_MISMATCH``);
 - a truncated file, compressed or not, is detected (``TRUNCATED_FILE``) instead of being zero-filled;
 - the qform and sform must agree when both are set (``QFORM_SFORM_MISMATCH``);
-- NaN voxels are refused unless the caller allows them (``NAN_VOXELS``).
+- NaN and infinite voxels are refused unless the caller allows them (``NAN_VOXELS``).
+
+The raw header is checked before nibabel parses it, because nibabel "fixes" some fields with only a log message:
+
+- ``sizeof_hdr`` must be 348 (NIfTI-1) or 540 (NIfTI-2) and the magic ``n+1`` / ``n+2`` (a ``.nii`` holds its
+  voxels), else the file is not a (single-file) NIfTI (``UNREADABLE``); ``dim[0]`` must be 1..7 and ``pixdim`` of
+  the spatial axes finite and non-zero (``INVALID_HEADER``);
+- complex, RGB and unknown ``datatype`` codes are refused (``UNSUPPORTED_DTYPE``): dropping an imaginary part or
+  reading colour as grey would be silently wrong;
+- ``qform_code = sform_code = 0`` means the file carries no spatial information (``MISSING_GEOMETRY``): medseg
+  does not invent an affine from ``pixdim``;
+- the affine must be finite, non-singular and not sheared (``INVALID_AFFINE``; the columns of a scanner grid are
+  orthogonal within ``SHEAR_TOL``);
+- ``scl_slope`` 0 or NaN means "no scaling" (NIfTI standard; nibabel writes NaN when unset); a finite slope with a
+  non-finite ``scl_inter``, or scaled values beyond ``MAX_PLAUSIBLE`` in magnitude (e.g. ``scl_slope`` 1e20), are
+  refused (``INVALID_HEADER`` / ``INTENSITY_RANGE``);
+- more than 4 dimensions is ``WRONG_DIMENSIONS``.
 
 The payload of a ``.nii.gz`` is inflated straight into a preallocated buffer, so a read costs one copy.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import zlib
@@ -25,6 +42,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
+from medseg.data.quiet import quiet_logger
 from medseg.errors import InputError, ReasonCode
 
 logger = logging.getLogger(__name__)
@@ -33,7 +51,13 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # deflate cannot compress better than ~1032:1; a header promising more bytes than that is lying.
 MAX_DEFLATE_RATIO = 1032
 QFORM_SFORM_TOL_MM = 1e-3
+SHEAR_TOL = 1e-4
+MAX_PLAUSIBLE = 1e12
 _CHUNK = 1 << 22
+# NIfTI datatype codes medseg reads as scalar voxels (nibabel's names in the comments)
+_SCALAR_CODES = {2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280, 1536}  # uint8 int16 int32 float32 float64 int8 ...
+_NAMED_CODES = {1: "binary (1 bit)", 32: "complex64", 128: "RGB", 1792: "complex128", 2048: "complex256",
+                2304: "RGBA"}
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -51,15 +75,94 @@ class NiftiVolume:
     path: Path
 
 
-def _load_header(path: Path) -> nib.Nifti1Image:
+def _raw_header(path: Path) -> bytes:
+    """The first 540 bytes of the (decompressed) file, fewer when it is shorter."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                return fh.read(540)
+        with open(path, "rb") as fh:
+            return fh.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(ReasonCode.TRUNCATED_FILE, path, f"cannot read the NIfTI header ({exc})") from exc
+
+
+def _check_raw_header(path: Path) -> tuple[float, float]:
+    """Refuse headers that nibabel would "fix" or misread (see the module docstring); return the raw
+    (scl_slope, scl_inter), which nibabel hides from the loaded image's header."""
+    raw = _raw_header(path)
+    if len(raw) < 348:
+        raise InputError(ReasonCode.TRUNCATED_FILE, path, f"file ends after {len(raw)} bytes, inside its header")
+    for endian in "<>":
+        sizeof_hdr = int(np.frombuffer(raw[:4], f"{endian}i4")[0])
+        if sizeof_hdr in (348, 540):
+            break
+    else:
+        raise InputError(
+            ReasonCode.UNREADABLE,
+            path,
+            f"not a NIfTI file: sizeof_hdr is {int(np.frombuffer(raw[:4], '<i4')[0])}; a NIfTI-1 header has 348, "
+            "NIfTI-2 540",
+        )
+    if sizeof_hdr == 540:
+        if len(raw) < 540:
+            raise InputError(ReasonCode.TRUNCATED_FILE, path, "file ends inside its NIfTI-2 header")
+        hdr = np.frombuffer(raw[:540], nib.Nifti2Header.template_dtype.newbyteorder(endian))[0]
+        magic_ok = bytes(hdr["magic"]).startswith(b"n+2")
+    else:
+        hdr = np.frombuffer(raw[:348], nib.Nifti1Header.template_dtype.newbyteorder(endian))[0]
+        magic_ok = bytes(hdr["magic"]).rstrip(b"\0") == b"n+1"
+    if not magic_ok:
+        raise InputError(
+            ReasonCode.UNREADABLE,
+            path,
+            f"not a single-file NIfTI: magic is {bytes(hdr['magic'])[:4]!r}, not 'n+1' / 'n+2'",
+        )
+    ndim = int(hdr["dim"][0])
+    if not 1 <= ndim <= 7:
+        raise InputError(ReasonCode.INVALID_HEADER, path, f"dim[0] is {ndim}; it must be 1..7")
+    if ndim > 4:
+        raise InputError(
+            ReasonCode.WRONG_DIMENSIONS,
+            path,
+            f"{ndim}D image of shape {tuple(int(d) for d in hdr['dim'][1 : ndim + 1])}; medseg reads 2D, 3D "
+            "and 4D (channels) images",
+        )
+    code = int(hdr["datatype"])
+    if code not in _SCALAR_CODES:
+        name = _NAMED_CODES.get(code, "unknown to NIfTI")
+        raise InputError(
+            ReasonCode.UNSUPPORTED_DTYPE, path, f"voxel datatype code {code} ({name}); medseg reads scalar voxels"
+        )
+    pixdim = [float(v) for v in hdr["pixdim"][1 : min(ndim, 3) + 1]]
+    bad = [i + 1 for i, v in enumerate(pixdim) if not np.isfinite(v) or v == 0.0]
+    if bad:
+        raise InputError(
+            ReasonCode.INVALID_HEADER,
+            path,
+            f"pixdim[{bad[0]}] is {pixdim[bad[0] - 1]}: the voxel size is unknown (nibabel would assume 1 mm)",
+        )
+    if int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0:
+        raise InputError(
+            ReasonCode.MISSING_GEOMETRY,
+            path,
+            "no spatial information (qform_code = sform_code = 0): where the voxels lie in the patient is "
+            "unknown, and medseg does not invent an affine from pixdim",
+        )
+    return float(hdr["scl_slope"]), float(hdr["scl_inter"])
+
+
+def _load_header(path: Path) -> tuple[nib.Nifti1Image, tuple[float, float]]:
     if not path.exists():
         raise InputError(ReasonCode.FILE_NOT_FOUND, path, "file does not exist")
     if path.stat().st_size == 0:
         raise InputError(ReasonCode.EMPTY_FILE, path, "file is empty (0 bytes)")
+    scaling = _check_raw_header(path)
     try:
-        return nib.load(str(path))
+        with quiet_logger("nibabel"):
+            return nib.load(str(path)), scaling
     except Exception as exc:  # nibabel raises many types for broken headers
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
         if isinstance(exc, EOFError | zlib.error) or "gzip" in reason.lower():
             raise InputError(ReasonCode.TRUNCATED_FILE, path, f"cannot read the NIfTI header ({reason})") from exc
         raise InputError(ReasonCode.UNREADABLE, path, f"not a readable NIfTI file ({reason})") from exc
@@ -82,7 +185,21 @@ def _check_transforms(img: nib.Nifti1Image, path: Path) -> np.ndarray:
             )
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(ReasonCode.INVALID_AFFINE, path, f"the voxel-to-world affine is singular or not finite:\n{affine}")
+        raise InputError(
+            ReasonCode.INVALID_AFFINE,
+            path,
+            f"the voxel-to-world affine is singular or not finite: {np.round(affine[:3], 4).tolist()}",
+        )
+    unit = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    cosines = np.abs(unit.T @ unit - np.eye(3))
+    if float(cosines.max()) > SHEAR_TOL:
+        i, j = np.unravel_index(int(np.argmax(cosines)), cosines.shape)
+        raise InputError(
+            ReasonCode.INVALID_AFFINE,
+            path,
+            f"the affine is sheared: voxel axes {i} and {j} are not orthogonal (cosine {cosines[i, j]:.3g}); "
+            "a scanner grid has orthogonal axes (resample it explicitly if the shear is intended)",
+        )
     return affine
 
 
@@ -182,7 +299,7 @@ def read_nifti(
         InputError: with the reason code and the file.
     """
     path = Path(path)
-    img = _load_header(path)
+    img, (scl_slope, scl_inter) = _load_header(path)
     hdr = img.header
     affine = _check_transforms(img, path)
     shape, dtype, nbytes = _expected_nbytes(hdr)
@@ -211,14 +328,42 @@ def read_nifti(
         )
     raw = _read_gzip(path, offset, nbytes) if compressed else _read_plain(path, offset, nbytes)
     array = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F")
-    slope, inter = img.dataobj.slope, img.dataobj.inter
-    if (slope is not None and slope not in (0.0, 1.0)) or (inter is not None and inter != 0.0):
-        array = array.astype(np.float32) * np.float32(slope if slope else 1.0) + np.float32(inter or 0.0)
+    slope, inter = _scaling(scl_slope, scl_inter, path)
+    if slope != 1.0 or inter != 0.0:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = array.astype(np.float32) * np.float32(slope) + np.float32(inter)
+        finite = array[np.isfinite(array)]
+        peak = float(np.abs(finite).max()) if finite.size else 0.0
+        if finite.size < array.size or peak > MAX_PLAUSIBLE:
+            raise InputError(
+                ReasonCode.INTENSITY_RANGE,
+                path,
+                f"scl_slope {slope:.6g} / scl_inter {inter:.6g} scale the voxels to "
+                f"{'non-finite values' if finite.size < array.size else f'magnitudes up to {peak:.3g}'}; "
+                f"no image quantity exceeds {MAX_PLAUSIBLE:.0e}",
+            )
     if not allow_nan and array.dtype.kind == "f":
         n_nan = int(np.isnan(array).sum())
-        if n_nan:
-            raise InputError(ReasonCode.NAN_VOXELS, path, f"{n_nan} of {array.size} voxels are NaN")
+        n_inf = int(np.isinf(array).sum())
+        if n_nan or n_inf:
+            what = "; ".join(
+                f"{n} of {array.size} voxels are {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n
+            )
+            raise InputError(ReasonCode.NAN_VOXELS, path, what)
     return NiftiVolume(array=array, affine=affine, header=hdr, path=path)
+
+
+def _scaling(slope: float, inter: float, path: Path) -> tuple[float, float]:
+    """(slope, intercept) from scl_slope / scl_inter: a slope of 0 or NaN means no scaling (1, 0)."""
+    if slope == 0.0 or np.isnan(slope):
+        return 1.0, 0.0
+    if not np.isfinite(slope) or not np.isfinite(inter):
+        raise InputError(
+            ReasonCode.INVALID_HEADER,
+            path,
+            f"scl_slope {slope} / scl_inter {inter}: a scaling with a non-finite value is not usable",
+        )
+    return slope, inter
 
 
 class NiftiReader(ImageReader):

@@ -21,6 +21,15 @@ Tolerances (module constants, documented here once):
   ``TILT_ABS_MM + TILT_REL * distance along n`` (0.01 mm + 0.1 %, i.e. about 0.06 degrees).
 * Non-uniform spacing: a slice more than ``max(UNIFORM_ABS_MM, UNIFORM_REL * step)`` (0.01 mm or 1 % of the step)
   away from the regular grid running from the first to the last slice.
+* ``MIN_VOLUME_SLICES`` 3: the fewest slices read as a 3D volume (``NOT_VOLUME`` below it, where a 3D volume is
+  asked for). One slice has no slice step (it would be invented from SliceThickness); with two slices a missing
+  slice or a non-uniform step cannot be seen. Three is the least that lets the checks above see a gap.
+
+Pixel format and rescale: every slice of a stack must have the same BitsAllocated, BitsStored, HighBit,
+PixelRepresentation and PhotometricInterpretation (``INCONSISTENT_PIXEL_FORMAT``), and either all slices or none
+carry RescaleSlope/RescaleIntercept (``INCONSISTENT_RESCALE``); values that differ per slice are fine (each slice
+is rescaled with its own). A slice's impossible values (``INVALID_RESCALE``, ``INVALID_PIXEL_FORMAT``, from
+:mod:`medseg.data.dicom.header`) are reported with its file.
 """
 
 from __future__ import annotations
@@ -33,12 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.dicom.header import SliceHeader, relative_name
+from medseg.data.dicom.records import SliceHeader, relative_name
 from medseg.errors import Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MIN_VOLUME_SLICES",
     "StackGeometry",
     "analyse_stack",
     "axis_codes",
@@ -57,6 +67,7 @@ TILT_ABS_MM = 0.01
 TILT_REL = 1e-3
 UNIFORM_ABS_MM = 0.01
 UNIFORM_REL = 0.01
+MIN_VOLUME_SLICES = 3
 
 
 @dataclass
@@ -122,6 +133,12 @@ def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
             problem = Problem(ReasonCode.TRUNCATED_PIXEL_DATA, relative_name(h.path, root), h.pixel_problem)
             if problem not in problems:  # once per file, not per frame
                 problems.append(problem)
+    for h in slices:
+        if h.header_problem:
+            problem = Problem(ReasonCode(h.header_problem[0]), relative_name(h.path, root), h.header_problem[1])
+            if problem not in problems:
+                problems.append(problem)
+    problems += _format_problems(slices, root)
     for h in slices:
         missing = [
             name
@@ -191,11 +208,51 @@ def _check_headers(slices: list[SliceHeader], root: Path) -> list[Problem]:
     return problems
 
 
+_FORMAT_NAMES = ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PhotometricInterpretation")
+
+
+def _format_problems(slices: list[SliceHeader], root: Path) -> list[Problem]:
+    """Pixel format and rescale tags that differ between the slices of one stack (the minority is named).
+
+    A slice whose format differs from the others' is read differently (other bits masked, other sign), so its
+    values cannot be trusted; slices with RescaleSlope/Intercept next to slices without them mean that some
+    slices lost their rescale (1 / 0 would be used silently).
+    """
+    problems: list[Problem] = []
+    ref = _majority([h.pixel_format for h in slices])
+    for h in slices:
+        if h.pixel_format != ref:
+            diffs = ", ".join(
+                f"{name} {mine!r} (series: {theirs!r})"
+                for name, mine, theirs in zip(_FORMAT_NAMES, h.pixel_format, ref, strict=True)
+                if mine != theirs
+            )
+            problem = Problem(
+                ReasonCode.INCONSISTENT_PIXEL_FORMAT, relative_name(h.path, root), f"pixel format differs: {diffs}"
+            )
+            if problem not in problems:
+                problems.append(problem)
+    with_rescale = [h for h in slices if h.has_rescale]
+    if with_rescale and len(with_rescale) < len(slices):
+        lacking = [h for h in slices if not h.has_rescale]
+        minority, has = (lacking, False) if len(lacking) <= len(with_rescale) else (with_rescale, True)
+        for h in minority:
+            detail = (
+                "has RescaleSlope/RescaleIntercept while most slices of the series have none"
+                if has
+                else f"has no RescaleSlope/RescaleIntercept while {len(with_rescale)} slice(s) of the series have them"
+            )
+            problem = Problem(ReasonCode.INCONSISTENT_RESCALE, relative_name(h.path, root), detail)
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
 def _single_slice_step(h: SliceHeader) -> float:
     for value in (h.spacing_between_slices, h.slice_thickness):
         if value is not None and value > 0:
             return float(value)
-    logger.warning("%s: single slice without SliceThickness; using 1 mm as slice step", h.path.name)
+    logger.debug("%s: single slice without SliceThickness; using 1 mm as slice step", h.path.name)
     return 1.0
 
 

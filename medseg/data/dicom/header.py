@@ -18,13 +18,12 @@ files' functional groups are read in the same pass as the other elements. The si
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import math
-import os
+import re
 import struct
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +33,20 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from medseg.data.dicom.multiframe import expand_frames
+from medseg.data.dicom.records import (
+    SkippedFile,
+    SliceHeader,
+    is_enhanced_class,
+    relative_name,
+    sop_class_name,
+)
+from medseg.data.quiet import quiet_logger
 from medseg.errors import Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "SkippedFile",
-    "SliceHeader",
-    "read_image_headers",
-    "read_slice_header",
-    "relative_name",
-    "UNDEFINED_LENGTH",
-]
+__all__ = ["UNDEFINED_LENGTH", "quiet_pydicom", "read_image_headers", "read_slice_header"]
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -56,70 +57,10 @@ _FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
-@dataclass(frozen=True, slots=True)
-class SliceHeader:
-    """What medseg needs from one image slice: a single-frame file, or one frame of a multi-frame file.
-
-    ``path`` is absolute. ``pixel_offset``/``pixel_length`` locate the file's Pixel Data value (``pixel_offset`` is
-    ``None`` when it cannot be located without decoding, e.g. deflated files). ``pixel_problem`` is set when the
-    pixel data is shorter than the header says; the slice stays in its series so that the series refuses to load
-    instead of losing a slice.
-
-    Multi-frame files: ``frame`` is the 0-based frame index (``None`` for a single-frame file) and the geometry,
-    rescale, ``temporal_position`` (TemporalPositionIndex), ``echo_number`` (EffectiveEchoTime) and ``stack``
-    (StackID) are the frame's, from its functional groups; ``pixel_offset`` is still the start of the file's pixel
-    data (frame ``k`` starts ``k * rows * columns * bits_allocated / 8`` bytes later).
-    """
-
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_uid: str
-    study_uid: str
-    frame_of_reference_uid: str
-    modality: str
-    series_description: str
-    image_type: tuple[str, ...]
-    series_number: int | None
-    instance_number: int | None
-    rows: int
-    columns: int
-    pixel_spacing: tuple[float, float] | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, float, float, float, float, float] | None
-    echo_number: str
-    temporal_position: str
-    acquisition_number: str
-    slice_thickness: float | None
-    spacing_between_slices: float | None
-    rescale_slope: float
-    rescale_intercept: float
-    bits_allocated: int
-    bits_stored: int
-    pixel_representation: int
-    transfer_syntax: str
-    pixel_offset: int | None
-    pixel_length: int
-    pixel_problem: str | None = None
-    frame: int | None = None
-    stack: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SkippedFile:
-    """A file that is not a usable slice. ``series_uid`` is set when a damaged file can still be attributed to a
-    series (its SeriesInstanceUID element is complete), so that series can refuse to load."""
-
-    problem: Problem
-    series_uid: str = ""
-
-
-def relative_name(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` as a POSIX string (falls back to a ``..`` relative path)."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return Path(os.path.relpath(path, root)).as_posix()
+def quiet_pydicom() -> contextlib.AbstractContextManager[None]:
+    """Hold back pydicom's log records (decoder errors are logged with a traceback before being raised; medseg
+    reports the raised error itself, as one line)."""
+    return quiet_logger("pydicom")
 
 
 # Tags read from each file (pydicom skips the others without storing them). Their values are decoded here from the
@@ -147,12 +88,15 @@ _TAGS = {
     "TemporalPositionIdentifier": 0x00200100,
     "SamplesPerPixel": 0x00280002,
     "NumberOfFrames": 0x00280008,
+    "PhotometricInterpretation": 0x00280004,
     "Rows": 0x00280010,
     "Columns": 0x00280011,
     "PixelSpacing": 0x00280030,
     "BitsAllocated": 0x00280100,
     "BitsStored": 0x00280101,
+    "HighBit": 0x00280102,
     "PixelRepresentation": 0x00280103,
+    "PixelPaddingValue": 0x00280120,
     "RescaleIntercept": 0x00281052,
     "RescaleSlope": 0x00281053,
     # the functional groups of enhanced multi-frame images (absent from single-frame files)
@@ -160,6 +104,10 @@ _TAGS = {
     "PerFrameFunctionalGroupsSequence": 0x52009230,
 }
 _TAG_LIST = list(_TAGS.values())
+# Decimal String / Integer String grammar (PS3.5 6.2); Python's float() / int() also take "1_0", "nan", "inf"
+_DS = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_IS = re.compile(r"[+-]?\d+")
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _ASCII_VRS = {None, "UI", "CS", "DS", "IS"}
 _DICOMDIR_DETAIL = "DICOMDIR (media directory index), not an image; skipped"
 
@@ -222,16 +170,15 @@ class _Elements:
 
     def integer(self, keyword: str) -> int | None:
         values = self.strings(keyword)
-        try:
-            return int(values[0]) if values else None
-        except ValueError:
+        if not values or not _IS.fullmatch(values[0]):
             return None
+        return int(values[0])
 
     def floats(self, keyword: str, count: int) -> tuple[float, ...] | None:
-        try:
-            numbers = tuple(float(v) for v in self.strings(keyword))
-        except ValueError:
+        texts = self.strings(keyword)
+        if not all(_DS.fullmatch(v) for v in texts):
             return None
+        numbers = tuple(float(v) for v in texts)
         if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
             return None
         return numbers
@@ -318,14 +265,19 @@ def read_image_headers(path: Path, root: Path) -> list[SliceHeader] | SkippedFil
         return _problem(ReasonCode.UNREADABLE, path, root, f"cannot stat file: {exc}")
     if size == 0:
         return _problem(ReasonCode.EMPTY_FILE, path, root, "empty file (0 bytes)")
+    if size <= 132 and _cut_preamble(path):  # a DICOM file cut inside its preamble: it may be a lost slice
+        return _problem(ReasonCode.UNREADABLE, path, root, f"file of {size} bytes: a DICOM preamble cut short")
     if path.name.upper() == "DICOMDIR":
         return _problem(ReasonCode.NO_PIXEL_DATA, path, root, _DICOMDIR_DETAIL)
     try:
-        with open(path, "rb") as fh, warnings.catch_warnings():
+        with open(path, "rb") as fh, warnings.catch_warnings(), quiet_pydicom():
             warnings.simplefilter("ignore")
             try:
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, force=False, specific_tags=_TAG_LIST)
             except InvalidDicomError:
+                damaged = _damaged_dicom(path)
+                if damaged:
+                    return _problem(ReasonCode.UNREADABLE, path, root, damaged)
                 return _problem(
                     ReasonCode.NOT_DICOM, path, root, "not a DICOM file (no 'DICM' marker after the preamble)"
                 )
@@ -352,20 +304,37 @@ def read_image_headers(path: Path, root: Path) -> list[SliceHeader] | SkippedFil
     header, frames = result
     if frames is None:
         return [header]
-    from medseg.data.dicom.multiframe import expand_frames  # the module imports this one
-
     return expand_frames(header, frames, root, ds)
 
 
-@functools.lru_cache(maxsize=256)
-def is_enhanced_class(sop_class: str) -> bool:
-    """Enhanced / Legacy Converted Enhanced image classes: geometry lives in the functional groups."""
-    return "Enhanced" in UID(sop_class).name if sop_class else False
+def _cut_preamble(path: Path) -> bool:
+    """True for a file of at most 132 bytes that is a zero preamble, possibly followed by the start of 'DICM'."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return not data[:128].strip(b"\0") and b"DICM".startswith(data[128:])
 
 
-def sop_class_name(sop_class: str) -> str:
-    """The SOP class's name for messages (``"unknown SOP class"`` when empty)."""
-    return UID(sop_class).name if sop_class else "unknown SOP class"
+def _damaged_dicom(path: Path) -> str | None:
+    """Why a file without the 'DICM' marker still looks like DICOM (None when it does not).
+
+    Such a file may be a slice of a series beside it (a damaged marker, or a data set written without the Part 10
+    preamble), so it is reported as UNREADABLE (which makes the series in its folder refuse) rather than skipped as
+    junk.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(140)
+    except OSError:
+        return None
+    if len(head) >= 136 and head[132:134] == b"\x02\x00" and head[128:132] != b"DICM":
+        return f"DICOM file whose 'DICM' marker is damaged ({head[128:132]!r}); not read"
+    if len(head) >= 8 and head[0:2] in (b"\x02\x00", b"\x08\x00") and (
+        head[4:6].isalpha() and head[4:6].isupper() or int.from_bytes(head[4:8], "little") < 1024
+    ):
+        return "DICOM data set without the Part 10 preamble and 'DICM' marker; not read"
+    return None
 
 
 def _classify(
@@ -385,8 +354,11 @@ def _classify(
             root,
             "file ends inside or right after its file meta information",
         )
+    series_uid = _complete_series_uid(el, size)
     if not UID(transfer_syntax).is_transfer_syntax:
-        return _problem(ReasonCode.UNREADABLE, path, root, f"unknown transfer syntax {transfer_syntax!r}")
+        return _problem(
+            ReasonCode.UNREADABLE, path, root, f"unknown transfer syntax {transfer_syntax!r}", series_uid
+        )
     deflated = UID(transfer_syntax).is_deflated
     if tag is None and not deflated:
         if _is_image_class(sop_class) or el.has("Rows") or not el.has("SeriesInstanceUID"):
@@ -401,22 +373,36 @@ def _classify(
         return _problem(ReasonCode.NO_PIXEL_DATA, path, root, f"non-image object ({name}); skipped")
     if tag is not None and tag != _PIXEL_DATA and tag not in _FLOAT_PIXEL_DATA:
         return _problem(
-            ReasonCode.UNREADABLE, path, root, f"header parsing stopped at unexpected element {tag:08X}"
+            ReasonCode.UNREADABLE,
+            path,
+            root,
+            f"header parsing stopped at unexpected element {tag:08X}",
+            series_uid,
         )
     if tag in _FLOAT_PIXEL_DATA:
-        return _problem(ReasonCode.UNSUPPORTED_FORMAT, path, root, "float pixel data is not supported")
+        return _problem(
+            ReasonCode.UNSUPPORTED_FORMAT, path, root, "float pixel data is not supported", series_uid
+        )
     if sop_class == SEGMENTATION_SOP_CLASS:
         return _problem(ReasonCode.UNSUPPORTED_FORMAT, path, root, "DICOM SEG object, not an image; skipped")
     missing = [k for k in ("SeriesInstanceUID", "Rows", "Columns", "BitsAllocated") if not el.has(k)]
     if missing:
         return _problem(
-            ReasonCode.UNREADABLE, path, root, f"image header lacks required tags: {', '.join(missing)}"
+            ReasonCode.UNREADABLE,
+            path,
+            root,
+            f"image header lacks required tags: {', '.join(missing)}",
+            series_uid,
         )
     frames = el.integer("NumberOfFrames") or 1
     samples = el.us("SamplesPerPixel") or 1
     if samples != 1:
         return _problem(
-            ReasonCode.UNSUPPORTED_FORMAT, path, root, f"colour image ({samples} samples/pixel) not supported"
+            ReasonCode.UNSUPPORTED_FORMAT,
+            path,
+            root,
+            f"colour image ({samples} samples/pixel) not supported",
+            series_uid,
         )
     multiframe = frames > 1 or is_enhanced_class(sop_class)
     if multiframe and not _is_image_class(sop_class):
@@ -430,8 +416,19 @@ def _classify(
     rows, columns, bits = el.us("Rows"), el.us("Columns"), el.us("BitsAllocated")
     if not rows or not columns or bits not in (1, 8, 16, 32):
         return _problem(
-            ReasonCode.UNREADABLE, path, root, f"invalid image size {rows}x{columns} / BitsAllocated {bits}"
+            ReasonCode.UNREADABLE,
+            path,
+            root,
+            f"invalid image size {rows}x{columns} / BitsAllocated {bits}",
+            series_uid,
         )
+    slope, intercept, has_rescale, rescale_problem = _rescale(el)
+    pixel_format, format_problem = _pixel_format(el, bits)
+    header_problem = None
+    if rescale_problem:
+        header_problem = (ReasonCode.INVALID_RESCALE.value, rescale_problem)
+    elif format_problem:
+        header_problem = (ReasonCode.INVALID_PIXEL_FORMAT.value, format_problem)
     pixel_problem = None
     if deflated:
         offset = None
@@ -441,6 +438,8 @@ def _classify(
         what = f"{rows}x{columns}x{bits}-bit" + (f" x {frames} frames" if multiframe else "")
         if length < expected:
             pixel_problem = f"pixel data element holds {length} bytes, {what} needs {expected}"
+        elif length > expected + 1:  # one padding byte makes an odd length even
+            pixel_problem = f"pixel data element holds {length} bytes, {what} needs only {expected}"
         elif available < expected:
             pixel_problem = f"pixel data is cut short: file holds {available} of {expected} bytes ({what})"
     header = SliceHeader(
@@ -465,14 +464,71 @@ def _classify(
         acquisition_number=el.text("AcquisitionNumber"),
         slice_thickness=el.number("SliceThickness"),
         spacing_between_slices=el.number("SpacingBetweenSlices"),
-        rescale_slope=el.number("RescaleSlope") or 1.0,
-        rescale_intercept=el.number("RescaleIntercept") or 0.0,
+        rescale_slope=slope,
+        rescale_intercept=intercept,
         bits_allocated=bits,
-        bits_stored=el.us("BitsStored") or bits,
-        pixel_representation=el.us("PixelRepresentation") or 0,
+        bits_stored=pixel_format[1] if format_problem is None and pixel_format[1] else bits,
+        pixel_representation=pixel_format[3] or 0,
         transfer_syntax=transfer_syntax,
         pixel_offset=offset,
         pixel_length=length,
         pixel_problem=pixel_problem,
+        pixel_format=pixel_format,
+        has_rescale=has_rescale,
+        header_problem=header_problem,
+        pixel_padding=_padding(el),
     )
     return header, (frames if multiframe else None)
+
+
+def _rescale(el: _Elements) -> tuple[float, float, bool, str | None]:
+    """(slope, intercept, present, problem): both tags absent means 1 / 0 (e.g. MR); one without the other, a
+    value that is not a DICOM decimal string, a non-finite value or a zero slope is a problem."""
+    texts = {name: el.strings(name) for name in ("RescaleSlope", "RescaleIntercept")}
+    present = [name for name, text in texts.items() if text]
+    if not present:
+        return 1.0, 0.0, False, None
+    if len(present) == 1:
+        other = "RescaleIntercept" if present[0] == "RescaleSlope" else "RescaleSlope"
+        return 1.0, 0.0, True, f"{present[0]} is given but {other} is missing (they come as a pair)"
+    values: dict[str, float] = {}
+    for name, text in texts.items():
+        shown = "\\".join(text)[:32]
+        if len(text) != 1 or not _DS.fullmatch(text[0]):
+            return 1.0, 0.0, True, f"{name} {shown!r} is not a decimal number"
+        values[name] = float(text[0])
+        if not math.isfinite(values[name]):
+            return 1.0, 0.0, True, f"{name} {shown!r} is not finite"
+    if values["RescaleSlope"] == 0.0:
+        return 1.0, 0.0, True, "RescaleSlope is 0 (every pixel would get the same value)"
+    return values["RescaleSlope"], values["RescaleIntercept"], True, None
+
+
+def _pixel_format(
+    el: _Elements, bits: int
+) -> tuple[tuple[int | None, int | None, int | None, int | None, str], str | None]:
+    """The slice's pixel format as written, and what is impossible about it (None when it is consistent)."""
+    stored, high, sign = el.us("BitsStored"), el.us("HighBit"), el.us("PixelRepresentation")
+    photometric = el.text("PhotometricInterpretation").upper()
+    fmt = (bits, stored, high, sign, photometric)
+    if stored is not None and not 1 <= stored <= bits:
+        return fmt, f"BitsStored {stored} is not between 1 and BitsAllocated {bits}"
+    if high is not None and high != (stored if stored is not None else bits) - 1:
+        return fmt, f"HighBit {high} is not BitsStored - 1 ({(stored if stored is not None else bits) - 1})"
+    if sign not in (None, 0, 1):
+        return fmt, f"PixelRepresentation {sign} is neither 0 (unsigned) nor 1 (signed)"
+    if photometric and photometric not in MONOCHROME:
+        return fmt, f"PhotometricInterpretation {photometric[:20]!r} is not a grey-scale image (MONOCHROME1/2)"
+    return fmt, None
+
+
+def _padding(el: _Elements) -> float | None:
+    """PixelPaddingValue (US or SS) as a number, None when absent or unreadable."""
+    tag = _TAGS["PixelPaddingValue"]
+    if tag not in el.raw:
+        return None
+    try:
+        value = el.ds[tag].value
+        return float(value[0] if isinstance(value, (list, MultiValue)) else value)
+    except Exception:  # a damaged optional value only loses the padding exception of the range check
+        return None

@@ -55,11 +55,13 @@ class DicomSeriesReader(ImageReader):
 
     Args:
         rule: series rule (a :class:`SeriesRule` or a mapping) used when a folder holds several series.
+        min_slices: refuse series with fewer slices (``NOT_VOLUME``; default 1).
     """
 
-    def __init__(self, rule: SeriesRule | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, rule: SeriesRule | Mapping[str, Any] | None = None, min_slices: int = 1) -> None:
         super().__init__()
         self.rule = rule if rule is None or isinstance(rule, SeriesRule) else SeriesRule.from_dict(rule)
+        self.min_slices = min_slices
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
         """True when every name is a folder holding DICOM files or a DICOM (Part 10) file."""
@@ -74,7 +76,7 @@ class DicomSeriesReader(ImageReader):
         """Read each folder (or slice file) as one series; returns a list of ``(volume, affine, meta)``."""
         if kwargs:
             raise TypeError(f"DicomSeriesReader.read got unexpected options: {', '.join(kwargs)}")
-        return [read_dicom(p, rule=self.rule) for p in ensure_tuple(data)]
+        return [read_dicom(p, rule=self.rule, min_slices=self.min_slices) for p in ensure_tuple(data)]
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """Return ``(array, meta)``; several images are stacked on a new first (channel) axis."""

@@ -32,7 +32,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from medseg.data.dicom.header import (
+from medseg.data.dicom.records import (
     SkippedFile,
     SliceHeader,
     is_enhanced_class,
@@ -238,6 +238,8 @@ def expand_frames(
                 temporal_position=f.temporal_position or template.temporal_position,
                 echo_number=f.echo or template.echo_number,
                 stack=f.stack,
+                # frames of one file: the rescale-presence check between slices is for separate files
+                has_rescale=True,
             )
         )
     if all(h.position is None for h in headers) or all(h.orientation is None for h in headers):

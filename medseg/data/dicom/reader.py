@@ -12,6 +12,17 @@ taken from that array.
 
 Values: ``volume = stored * RescaleSlope + RescaleIntercept`` per slice, computed in float64 and rounded once to
 float32. When BitsStored < BitsAllocated the unused high bits are masked (unsigned) or sign-extended (signed).
+
+Plausibility (``INTENSITY_RANGE``, naming the slice): CT values must lie in ``CT_HU_RANGE`` = [-8192, 32767] HU
+after rescale. Air is -1000 HU and scanners pad outside the field of view with values down to about -3024 HU (GE:
+-2000 stored with intercept -1024; Siemens' extended scale uses intercept -8192); above 32767 HU nothing can be
+represented in signed 16 bits, and such values are the mark of signed values read as unsigned (-1024 HU stored in
+two's complement reads as 64512 when PixelRepresentation says 0). Values equal to the slice's PixelPaddingValue
+are exempt, and so is one constant value below the range (an untagged padding value). Other modalities have no
+fixed scale and are not checked.
+
+Decoder errors (a JPEG 2000 slice with garbage fragments, ...) are reported as one ``UNREADABLE`` error naming the
+slice; pydicom's own error log records (with their tracebacks) are held back while medseg decodes.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medseg.data.dicom.header import UNDEFINED_LENGTH, SliceHeader, relative_name
+from medseg.data.dicom.header import UNDEFINED_LENGTH, quiet_pydicom
+from medseg.data.dicom.records import SliceHeader, relative_name
 from medseg.data.dicom.scan import DicomScan, SeriesInfo, describe_problems, scan_dicom_tree
 from medseg.data.dicom.select import SeriesRule, select_series
 from medseg.errors import InputError, ReasonCode
@@ -39,6 +51,7 @@ __all__ = ["load_dicom_series", "read_dicom", "series_meta"]
 
 _FAST_SYNTAXES = {str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}
 _MAX_WORKERS = 4
+CT_HU_RANGE = (-8192.0, 32767.0)
 
 
 def _stored_dtype(h: SliceHeader) -> np.dtype | None:
@@ -115,7 +128,7 @@ class _SliceReader:
         try:
             pixels = pydicom.dcmread(h.path, force=False).pixel_array
         except Exception as exc:  # decoders raise many types
-            raise self._error(h, ReasonCode.UNREADABLE, f"cannot decode pixel data: {exc}") from exc
+            raise self._error(h, ReasonCode.UNREADABLE, f"cannot decode pixel data: {_one_line(exc)}") from exc
         if pixels.ndim == 2 and frames == 1:
             pixels = pixels[None]
         if pixels.shape[1:] != (h.rows, h.columns) or pixels.shape[0] < frames:
@@ -134,7 +147,7 @@ class _SliceReader:
             ds = pydicom.dcmread(h.path, force=False)
             pixels = ds.pixel_array
         except Exception as exc:  # decoders raise many types
-            raise self._error(h, ReasonCode.UNREADABLE, f"cannot decode pixel data: {exc}") from exc
+            raise self._error(h, ReasonCode.UNREADABLE, f"cannot decode pixel data: {_one_line(exc)}") from exc
         if pixels.shape != (h.rows, h.columns):
             raise self._error(
                 h,
@@ -154,6 +167,40 @@ class _SliceReader:
             np.multiply(values, h.rescale_slope, out=f64, casting="unsafe")
             f64 += h.rescale_intercept
             target[...] = f64
+        if h.modality == "CT":
+            self._check_ct_range(h, target)
+
+    def _check_ct_range(self, h: SliceHeader, values: np.ndarray) -> None:
+        lo_ok, hi_ok = CT_HU_RANGE
+        lo, hi = float(values.min()), float(values.max())
+        if lo >= lo_ok and hi <= hi_ok:
+            return
+        if h.pixel_padding is not None:
+            values = values[values != np.float32(h.pixel_padding * h.rescale_slope + h.rescale_intercept)]
+            if values.size == 0:
+                return
+            lo, hi = float(values.min()), float(values.max())
+        if lo < lo_ok and hi <= hi_ok and np.all(values[values < lo_ok] == lo):
+            return  # one constant value below the range: padding without a PixelPaddingValue tag
+        if hi > hi_ok:
+            stored = (hi - h.rescale_intercept) / h.rescale_slope
+            if h.pixel_representation == 0 and stored >= 2 ** (h.bits_stored - 1):
+                wrapped = stored - 2**h.bits_stored
+                detail = (
+                    f"CT values up to {hi:.6g} HU (above {hi_ok:.0f}): signed values stored as unsigned? "
+                    f"PixelRepresentation is 0 but stored value {stored:.0f} would be {wrapped:.0f} as a signed "
+                    f"{h.bits_stored}-bit number (-1024 HU reads as 64512)"
+                )
+            else:
+                detail = f"CT values up to {hi:.6g} HU, above the plausible {hi_ok:.0f} HU"
+        else:
+            detail = f"CT values down to {lo:.6g} HU, below the plausible {lo_ok:.0f} HU"
+        raise self._error(h, ReasonCode.INTENSITY_RANGE, detail)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (decoders list each plugin's failure on its own line)."""
+    return " ".join(str(exc).split())
 
 
 def series_meta(series: SeriesInfo) -> dict[str, Any]:
@@ -175,13 +222,15 @@ def series_meta(series: SeriesInfo) -> dict[str, Any]:
 
 
 def load_dicom_series(
-    series: SeriesInfo, *, workers: int | None = None
+    series: SeriesInfo, *, workers: int | None = None, min_slices: int = 1
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read a scanned stack.
 
     Args:
         series: a :class:`SeriesInfo` from a scan.
         workers: reader threads (default ``min(4, cpu count)``).
+        min_slices: refuse stacks with fewer slices (``NOT_VOLUME``); a 3D read asks for
+            :data:`medseg.data.dicom.geometry.MIN_VOLUME_SLICES`.
 
     Returns:
         ``(volume, affine, meta)``: float32 volume indexed (i, j, k) after RescaleSlope/Intercept, the 4x4 RAS affine,
@@ -195,6 +244,13 @@ def load_dicom_series(
         raise series.problems[0].to_error()
     if series.affine is None:
         raise InputError(ReasonCode.MISSING_GEOMETRY, series.stack_id, "series has no usable geometry")
+    if series.n_slices < min_slices:
+        raise InputError(
+            ReasonCode.NOT_VOLUME,
+            relative_name(series.files[0], series.root),
+            f"the series has {series.n_slices} slice(s); a 3D volume needs at least {min_slices} (a single image "
+            "or a pair has no verifiable slice spacing)",
+        )
     n, rows, cols = series.n_slices, series.rows, series.columns
     out = np.empty((n, rows, cols), dtype=np.float32)
     reader = _SliceReader(out, series.root)
@@ -203,16 +259,17 @@ def load_dicom_series(
         if h.frame is not None and not _is_fast(h):
             first, count = slow_frames.get(h.path, (h, 0))
             slow_frames[h.path] = (first, max(count, h.frame + 1))
-    for h, frames in slow_frames.values():
-        reader.decode_multiframe(h, frames)
     workers = workers or min(_MAX_WORKERS, os.cpu_count() or 1)
     items = list(enumerate(series.slices))
-    if workers > 1 and n > 1:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medseg-dicom") as pool:
-            list(pool.map(reader, items))
-    else:
-        for item in items:
-            reader(item)
+    with quiet_pydicom():
+        for h, frames in slow_frames.values():
+            reader.decode_multiframe(h, frames)
+        if workers > 1 and n > 1:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medseg-dicom") as pool:
+                list(pool.map(reader, items))
+        else:
+            for item in items:
+                reader(item)
     volume = out.transpose(2, 1, 0)  # (k, j, i) -> (i, j, k) view, no copy
     return volume, series.affine.copy(), series_meta(series)
 
@@ -229,7 +286,7 @@ def _series_of_file(scan: DicomScan, file: Path) -> SeriesInfo:
 
 
 def read_dicom(
-    path: str | Path, rule: SeriesRule | Mapping[str, Any] | None = None
+    path: str | Path, rule: SeriesRule | Mapping[str, Any] | None = None, *, min_slices: int = 1
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read one DICOM series from a series folder, a study tree, or one of the series' files.
 
@@ -237,6 +294,7 @@ def read_dicom(
         path: folder to scan (the rule picks the series when it holds several) or a single slice file (its folder
             is scanned and that file's stack is read; ``rule`` is ignored).
         rule: :class:`SeriesRule` or a mapping for :meth:`SeriesRule.from_dict`.
+        min_slices: refuse a series with fewer slices (``NOT_VOLUME``).
 
     Returns:
         ``(volume, affine, meta)`` as :func:`load_dicom_series`.
@@ -250,9 +308,10 @@ def read_dicom(
         series = select_series(scan, rule, root=p)
     else:
         raise InputError(ReasonCode.FILE_NOT_FOUND, str(p), "DICOM path does not exist")
+    result = load_dicom_series(series, min_slices=min_slices)
     if scan.problems:
         # folder names often carry patient names: the log says what was skipped, not where (DEBUG has the paths)
         codes = sorted({pr.code.value for pr in scan.problems})
         logger.warning("DICOM read skipped %d file(s): %s", len(scan.problems), ", ".join(codes))
         logger.debug("skipped files: %s", describe_problems(scan.problems))
-    return load_dicom_series(series)
+    return result

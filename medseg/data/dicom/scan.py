@@ -13,14 +13,18 @@ multi-frame files), and, only when the group still has slices at the same positi
 UID. With ``split_stacks=False`` such mixtures are reported as problems of the series instead.
 
 A damaged file that can be attributed to a series (truncated header with a complete SeriesInstanceUID, pixel data
-shorter than its header says) makes that series refuse to load: silently dropping it could remove an end slice
-that no geometry check would miss.
+shorter than its header says, an impossible pixel format) makes that series refuse to load: silently dropping it
+could remove an end slice that no geometry check would notice. A damaged DICOM file that cannot be attributed
+(cut before its SeriesInstanceUID, unparseable, a damaged 'DICM' marker: ``MAY_BE_A_SLICE`` codes) makes every
+series with files in the same folder refuse, for the same reason. Junk that is clearly not a slice (empty files,
+non-DICOM files, DICOMDIR, reports, SEG objects) is skipped with its reason and does not affect the series.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +38,8 @@ from medseg.data.dicom.geometry import (
     plane_name,
     same_orientation,
 )
-from medseg.data.dicom.header import SkippedFile, SliceHeader, read_image_headers
+from medseg.data.dicom.header import read_image_headers
+from medseg.data.dicom.records import SkippedFile, SliceHeader
 from medseg.errors import InputError, Problem, ReasonCode
 
 logger = logging.getLogger(__name__)
@@ -96,10 +101,14 @@ class SeriesInfo:
         return list(dict.fromkeys(self.files))
 
     def summary(self) -> str:
-        """One line for listings: uid tail, modality, description, slices, shape, problems."""
+        """One line for listings: uid tail, modality, series number, image type, slices, shape, problems.
+
+        SeriesDescription is left out: it is free text that can hold identifiers (``medseg info
+        --show-descriptions`` shows it on request)."""
         uid_tail = "..." + self.stack_id[-24:] if len(self.stack_id) > 27 else self.stack_id
         text = (
-            f"{uid_tail} modality={self.modality or '?'} description={self.series_description!r} "
+            f"{uid_tail} modality={self.modality or '?'} series_number={self.series_number} "
+            f"image_type={'/'.join(self.image_type) or '?'} "
             f"n_slices={self.n_slices} shape={'x'.join(str(s) for s in self.shape)}"
         )
         if self.problems:
@@ -242,6 +251,15 @@ def _iter_files(root: Path) -> list[Path]:
     return files
 
 
+# codes of unattributed skipped files that may be a lost slice of a series in their folder
+MAY_BE_A_SLICE = frozenset({ReasonCode.TRUNCATED_HEADER, ReasonCode.UNREADABLE})
+_VALID_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+# problems of one slice's own header or pixel data: they refuse every stack of the slice's SeriesInstanceUID
+SLICE_DAMAGE = frozenset(
+    {ReasonCode.TRUNCATED_PIXEL_DATA, ReasonCode.INVALID_PIXEL_FORMAT, ReasonCode.INVALID_RESCALE}
+)
+
+
 def scan_dicom_files(
     files: Sequence[str | Path], root: str | Path, *, split_stacks: bool = True
 ) -> DicomScan:
@@ -250,10 +268,13 @@ def scan_dicom_files(
     headers: list[SliceHeader] = []
     problems: list[Problem] = []
     damaged: dict[str, list[Problem]] = {}
+    damaged_in_folder: dict[Path, list[Problem]] = {}
+    skipped: list[tuple[Path, SkippedFile]] = []
     for f in files:
         result = read_image_headers(Path(f).absolute(), root)
         if isinstance(result, SkippedFile):
             problems.append(result.problem)
+            skipped.append((Path(f).absolute().parent, result))
             if result.series_uid:
                 damaged.setdefault(result.series_uid, []).append(result.problem)
             logger.debug("skipped %s", result.problem)
@@ -263,8 +284,21 @@ def scan_dicom_files(
         _series_info(stack_id, group, root)
         for stack_id, group in group_stacks(headers, split_stacks=split_stacks)
     ]
+    # a damaged file whose SeriesInstanceUID is missing or not a UID (a damaged length swallowed other bytes) may
+    # be a slice of any series in its folder
+    for folder, result in skipped:
+        if result.problem.code in MAY_BE_A_SLICE and not _VALID_UID.fullmatch(result.series_uid[:65]):
+            damaged_in_folder.setdefault(folder, []).append(result.problem)
+    # a damaged slice that ended up in a stack of its own (e.g. its Rows changed) still refuses its series' others
     for info in series:
-        info.problems[:0] = damaged.get(info.series_uid, [])
+        for p in info.problems:
+            if p.code in SLICE_DAMAGE and p not in damaged.get(info.series_uid, []):
+                damaged.setdefault(info.series_uid, []).append(p)
+    for info in series:
+        found = [p for p in damaged.get(info.series_uid, []) if p not in info.problems]
+        for folder in dict.fromkeys(f.parent for f in info.files):
+            found += [p for p in damaged_in_folder.get(folder, []) if p not in found]
+        info.problems[:0] = found
     series.sort(
         key=lambda s: (s.study_uid, s.series_number if s.series_number is not None else -1, s.stack_id)
     )
