@@ -267,3 +267,49 @@ def test_seg_of_a_source_without_type2_patient_attributes_and_no_name_on_stderr(
     (seg_file,) = out.glob("*/seg.dcm")
     seg = pydicom.dcmread(seg_file)
     assert seg.PatientSex == "" and str(seg.PatientName) == "ZEBRACANARYSINGLE"  # copied as the source has it
+
+
+def _file_limit(limit: int):
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_fails_the_case_or_stops_the_run_with_one_line_and_nothing_partial(tmp_path, model):
+    """Writes refused by the file system (RLIMIT_FSIZE stands in for a full disk): an output that cannot be written
+    fails its case (FAILED, temp folder removed, retried next run); a ledger that cannot be written stops the run
+    with one line. Either way no partial file is left and the next run, with space, completes."""
+    import nibabel as nib
+    import numpy as np
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    noise = np.random.default_rng(0).normal(-500, 400, size=(128, 128, 64)).astype(np.int16)  # incompressible labels
+    nib.save(nib.Nifti1Image(noise, np.diag([0.8, 0.8, 2.0, 1.0])), inp / "ct.nii.gz")
+    out = tmp_path / "out"
+    code = _RUN.format(tests=str(TESTS), delay=0.0)
+    argv = [sys.executable, "-c", code, "segment", str(inp), str(out), "--model", str(model), "--no-progress",
+            "--formats", "nifti,report"]  # fmt: skip
+
+    # room for the ledger and the reports, not for the label map
+    limited = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300,
+                             preexec_fn=_file_limit(150_000))  # fmt: skip
+    assert limited.returncode == 1, limited.stderr  # 1: a case FAILED, to be retried
+    assert "Traceback" not in limited.stderr
+    assert set(_statuses(out).values()) == {"FAILED"}
+    assert not [p for p in out.rglob("*") if p.name.startswith(TEMP_PREFIX)] and not list(out.glob("*/label.nii.gz"))
+    # no room for the ledger either
+    out2 = tmp_path / "out2"
+    argv2 = [*argv[:4], str(inp), str(out2), *argv[6:]]
+    starved = subprocess.run(argv2, cwd=REPO, capture_output=True, text=True, timeout=300,
+                             preexec_fn=_file_limit(8_000))  # fmt: skip
+    assert starved.returncode == 2, starved.stderr
+    lines = [line for line in starved.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot write the run ledger" in lines[0] and "Traceback" not in starved.stderr
+    # with space again, the first output folder completes
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert set(_statuses(out).values()) == {"DONE"} and len(list(out.glob("*/label.nii.gz"))) == 1

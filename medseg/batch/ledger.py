@@ -16,6 +16,7 @@ Error texts of failed items are scrubbed by the caller before they are recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -188,6 +189,8 @@ class Ledger:
             if "input_fingerprint" not in columns:  # a ledger written before inputs were fingerprinted
                 conn.execute("ALTER TABLE items ADD COLUMN input_fingerprint TEXT")
         except sqlite3.DatabaseError as exc:
+            if _storage_failure(exc):
+                raise LedgerError(_storage_message(path, exc)) from exc
             raise LedgerError(f"{path.name}: not a usable ledger database ({exc})") from exc
         if str(mode).lower() != "wal":
             logger.warning(
@@ -215,7 +218,7 @@ class Ledger:
         self.close()
 
     def _transaction(self):
-        return _Transaction(self._conn)
+        return _Transaction(self._conn, self.path)
 
     # ------------------------------------------------------------------------------------------ meta
     def get_meta(self, name: str) -> str | None:
@@ -397,14 +400,50 @@ class Ledger:
             raise KeyError(f"item {key} is not in the ledger")
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error); the connection runs in autocommit mode."""
+_STORAGE_FAILURES = ("disk i/o error", "database or disk is full", "readonly database", "unable to open database")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+
+def _storage_failure(exc: BaseException) -> bool:
+    """True when SQLite could not write its file (full disk, file size limit, read-only), not a corrupt ledger."""
+    return isinstance(exc, sqlite3.OperationalError) and any(m in str(exc).lower() for m in _STORAGE_FAILURES)
+
+
+def _storage_message(path: Path, exc: BaseException) -> str:
+    return (
+        f"{path.name}: cannot write the run ledger ({exc}): the disk is full, a file size limit applies or the "
+        "folder became read-only. Finished cases and their records are kept; free space and run the same command "
+        "again to resume"
+    )
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error); the connection runs in autocommit mode.
+
+    A write SQLite cannot store (full disk, file size limit) is rolled back and raised as :class:`LedgerError`,
+    so the run stops with one line instead of a traceback, and the ledger keeps its last committed state.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn, self._path = conn, path
 
     def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _storage_failure(exc):
+                raise LedgerError(_storage_message(self._path, exc)) from exc
+            raise
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as commit_exc:
+                exc = commit_exc
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+        if exc is not None and _storage_failure(exc):
+            raise LedgerError(_storage_message(self._path, exc)) from exc
+        if exc_type is None:  # a COMMIT that failed for another reason
+            raise exc  # type: ignore[misc]
