@@ -50,6 +50,8 @@ class ReasonCode(str, Enum):
     TOO_FEW_SLICES = "TOO_FEW_SLICES"
     # fewer slices than a 3D volume needs (medseg.data.dicom.geometry.MIN_VOLUME_SLICES)
     NOT_VOLUME = "NOT_VOLUME"
+    # a slice of the stack's grid and folder split off into a stack of its own (damaged UID / orientation tag?)
+    STRAY_SLICE = "STRAY_SLICE"
     INCONSISTENT_PIXEL_FORMAT = "INCONSISTENT_PIXEL_FORMAT"  # bits / sign / photometric differ between slices
     INCONSISTENT_RESCALE = "INCONSISTENT_RESCALE"  # some slices have RescaleSlope/Intercept, others not
     # an input file changed (size or modification time) while it was being segmented, e.g. still being copied

@@ -51,22 +51,33 @@ def _value_offset(path: Path, tag_bytes: bytes) -> int:
     return at + 8
 
 
-def test_empty_and_non_dicom_files_are_skipped_and_series_loads(tmp_path: Path) -> None:
+def test_non_dicom_files_are_skipped_and_series_loads(tmp_path: Path) -> None:
     vol, _ = _series(tmp_path / "s")
-    (tmp_path / "s" / "empty.dcm").write_bytes(b"")
     (tmp_path / "s" / "report.txt").write_text("radiology report\n" * 20)
     (tmp_path / "s" / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300))
+    (tmp_path / "s" / "notes.txt").write_bytes(b"")  # empty, but named as no slice would be
 
     scan, series = _only_series(tmp_path)
 
     assert _codes(scan.problems) == {
-        "s/empty.dcm": "EMPTY_FILE",
         "s/report.txt": "NOT_DICOM",
         "s/image.png": "NOT_DICOM",
+        "s/notes.txt": "EMPTY_FILE",
     }
     assert series.problems == [] and series.n_slices == SHAPE[2]
     out, _, _ = load_dicom_series(series)
     assert np.array_equal(out, vol)
+
+
+def test_an_empty_file_named_like_a_slice_refuses_its_series(tmp_path: Path) -> None:
+    """A 0-byte .dcm beside a series is a slice whose transfer left it empty (or has not started): when it is an
+    end slice nothing else could tell, so the series is refused rather than read without it."""
+    _series(tmp_path / "s")
+    (tmp_path / "s" / "IM00099.dcm").write_bytes(b"")
+
+    _scan, series = _only_series(tmp_path)
+
+    assert [(p.code.value, p.path) for p in series.problems] == [("EMPTY_FILE", "s/IM00099.dcm")]
 
 
 def test_file_cut_inside_its_header_is_reported(tmp_path: Path) -> None:

@@ -346,9 +346,11 @@ DICOM = "dicom"
 CASES: list[Case] = [
     # -- DICOM: files
     Case("dcm_ok", "clean 12-slice CT series", _ok_series, "OK", "OK"),
-    Case("dcm_empty_and_text_beside", "0-byte file and a text file beside a clean series",
-         _with(lambda f, r: ((r / "empty.dcm").write_bytes(b""), (r / "notes.txt").write_text("x"))),
+    Case("dcm_text_beside", "a text file and a 0-byte .txt beside a clean series",
+         _with(lambda f, r: ((r / "notes.txt").write_text("x"), (r / "empty.txt").write_bytes(b""))),
          "OK", "EMPTY_FILE"),
+    Case("dcm_empty_slice_beside", "a 0-byte .dcm beside a series (a slice whose copy left it empty)",
+         _with(lambda f, r: (r / "empty.dcm").write_bytes(b"")), "EMPTY_FILE", "EMPTY_FILE", "empty.dcm"),
     Case("dcm_only_junk", "folder of a 0-byte file and a text file", _junk_only, "NO_SERIES", "NOT_DICOM", "."),
     Case("dcm_no_preamble", "one slice written without preamble / 'DICM' / file meta", _with(_no_preamble),
          "UNREADABLE", "UNREADABLE", "IM00001.dcm"),
