@@ -356,7 +356,7 @@ def scan_dicom_files(
             skipped.append((Path(f).absolute().parent, result))
             if result.series_uid:
                 damaged.setdefault(result.series_uid, []).append(result.problem)
-            logger.debug("skipped %s", result.problem)
+            logger.debug("skipped a file: %s", result.problem.code.value)  # no path: folders may name patients
         else:
             headers.extend(result)
     series = [
