@@ -1,4 +1,5 @@
-"""Datasets and loaders: in-memory cache, on-disk cache or none; seeded per epoch for replayable training.
+"""Datasets and loaders: in-memory cache, on-disk cache or none; seeded per epoch for replayable training, and
+sharded over the ranks of a data-parallel run (:func:`shard_order`).
 
 2D training comes in two forms, both set by the data contract: plain 2D images (``data.spatial_dims: 2``), and
 slice-wise sampling of 3D volumes (``data.slice_axis``), where the volume is preprocessed and cached in 3D and each
@@ -49,9 +50,17 @@ def make_dataset(
     raise ConfigError(f"train.cache: {cache!r} is not one of {', '.join(CACHE_MODES)}")
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch, a function of (run seed, epoch) only."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % MAX_SEED
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch (of one rank's global generators), a function of (run seed, epoch, rank) only."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + int(rank) * 104_729 + 17) % MAX_SEED
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of the random transforms of dataset item ``index`` in ``epoch``: independent of the rank that
+    draws it and of the loader's workers, so the patch stream of an epoch is the same whatever the sharding."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0]) % MAX_SEED
 
 
 def seed_everything(seed: int) -> None:
@@ -65,6 +74,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def shard_order(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The dataset indices one rank draws in ``epoch``, in order (DistributedSampler's rule).
+
+    Every rank computes the same permutation of ``range(n)`` from (seed, epoch); it is padded by wrapping to a
+    multiple of ``world_size`` (as ``torch.utils.data.DistributedSampler`` does, so every rank runs the same
+    number of steps) and rank ``r`` takes positions ``r, r + world_size, ...``. Batch ``k`` of the ranks together
+    is therefore batch ``k`` of a single process with ``batch_size x world_size`` (when ``n`` is a multiple of it).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    if n <= 0:
+        return []
+    if shuffle:
+        generator = torch.Generator()
+        generator.manual_seed(epoch_seed(seed, epoch))
+        order = torch.randperm(n, generator=generator).tolist()
+    else:
+        order = list(range(n))
+    total = -(-n // world_size) * world_size
+    order = (order * -(-total // n))[:total]
+    return order[rank::world_size]
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """``dataset`` whose random transforms are reseeded before every item from :func:`item_seed`."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        transform = getattr(self.dataset, "transform", None)
+        if isinstance(transform, Compose):
+            transform.set_random_state(seed=item_seed(self.seed, self.epoch, index))
+        return self.dataset[index]
+
+
 def epoch_loader(
     dataset: Dataset,
     *,
@@ -74,25 +122,25 @@ def epoch_loader(
     epoch: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A loader whose order and augmentation depend only on (seed, epoch).
+    """A loader of one rank's share of an epoch, whose order and augmentation depend only on (seed, epoch).
 
-    The global generators and the transforms' random states are reseeded from :func:`epoch_seed`, and the
-    shuffling uses its own generator; MONAI's loader derives each worker's transform seed from torch's generator,
-    so the same holds with workers. Resuming at epoch ``e`` therefore replays exactly what an uninterrupted run
-    does in epoch ``e``.
+    The order comes from :func:`shard_order`; each item's random transforms are seeded from (seed, epoch, item
+    index) (:class:`SeededItems`), so an item gets the same patches and augmentation whichever rank or loader
+    worker draws it. The rank's global generators are reseeded from (seed, epoch, rank). Resuming at epoch ``e``
+    therefore replays exactly what an uninterrupted run does in epoch ``e``, and ``world_size`` ranks with
+    ``batch_size`` each see, step by step, the samples of one process with ``batch_size x world_size``.
     """
-    s = epoch_seed(seed, epoch)
-    seed_everything(s)
-    transform = getattr(dataset, "transform", None)
-    if isinstance(transform, Compose):
-        transform.set_random_state(seed=s)
-    generator = torch.Generator()
-    generator.manual_seed(s)
+    seed_everything(epoch_seed(seed, epoch, rank))
+    order = shard_order(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    generator = torch.Generator()  # MONAI's loader draws worker seeds from it (the transforms are reseeded anyway)
+    generator.manual_seed(epoch_seed(seed, epoch, rank))
     return DataLoader(
-        dataset,
+        SeededItems(dataset, seed, epoch),
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=order,
         num_workers=num_workers,
         generator=generator,
         pin_memory=pin_memory,

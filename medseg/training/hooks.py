@@ -6,7 +6,7 @@ an exception raised by a hook is logged and training goes on. :class:`Observers`
 
 * ``on_start(params)``: ``params = {"config": <config as plain data, without the datalist path>,
   "dataset": <dataset summary: counts, spacing/shape statistics, channel and label names; no case ids>,
-  "run": {"device", "medseg_version", "resumed_from_epoch", "validation" (bool)}}``;
+  "run": {"device", "medseg_version", "resumed_from_epoch", "validation" (bool), "world_size" (processes)}}``;
 * ``on_epoch_start(epoch, info)``: ``{"steps": <steps in this epoch, or None>, "epochs": <epochs planned>}``;
 * ``on_step_end(epoch, step, info)``: ``{"loss", "lr", "progress" (fraction of the run done), "eta_seconds"
   (None while unknown)}`` after every optimisation step;

@@ -15,6 +15,11 @@ resumed run continues with the budget left. Exact replay holds for epoch-limited
 stops, and its learning rates, depend on the machine's speed.
 
 Without validation (``val_every: 0``) ``best.pt`` holds the weights of the final epoch.
+
+Several processes (DDP, :mod:`medseg.training.distributed`): every rank runs this loop on its share of the
+batches with the model in ``DistributedDataParallel``. The step losses are averaged over the ranks, rank 0's
+clock decides the learning rate and the end of a budgeted run, rank 0 alone validates (the others wait for its
+metrics) and writes the checkpoints, and the observer is given to rank 0 only.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from medseg.checkpoint import Checkpoint, ModelSpec, capture_rng, restore_rng, save_checkpoint
 from medseg.errors import MedsegError
 from medseg.training.clock import RunClock
+from medseg.training.distributed import LOCAL, Distributed, unwrap
 from medseg.training.hooks import notify
 from medseg.training.validation import autocast
 
@@ -79,6 +85,8 @@ class Trainer:
         device, amp: device, and mixed precision (used on CUDA only).
         grad_clip: max gradient norm (None: no clipping).
         observer: optional hook object (see :mod:`medseg.training.hooks`).
+        dist: this process's place in a data-parallel run (default: a single process); ``model`` is then the
+            ``DistributedDataParallel`` wrapper.
     """
 
     def __init__(
@@ -100,8 +108,11 @@ class Trainer:
         grad_clip: float | None = None,
         observer: Any = None,
         budget_seconds: float | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
+        self.net = unwrap(model)  # what checkpoints hold
+        self.dist = dist if dist is not None else LOCAL
         self.spec, self.loaders, self.validate_fn = spec, loaders, validate
         self.checkpoint_dir = Path(checkpoint_dir)
         if val_every < 0:
@@ -138,7 +149,7 @@ class Trainer:
         with autocast(self.device, self.amp):
             out = self.model(image)
             loss = self.loss(out, label, dist)
-        value = float(loss.detach())
+        value = self.dist.mean(float(loss.detach()))  # every rank sees (and checks) the same value
         if not math.isfinite(value):
             raise TrainingDiverged(epoch, step, value)
         if self.scaler is not None:
@@ -172,7 +183,7 @@ class Trainer:
         before = time.perf_counter()
         for step, batch in enumerate(loader):
             if self.per_step:
-                lr = self.scheduler.set_progress(self.clock.fraction())
+                lr = self.scheduler.set_progress(self._agreed(self.clock.fraction()))
             losses.append(self.train_step(batch, epoch, step)["loss"])
             now = time.perf_counter()
             self.clock.note_step(now - before)
@@ -180,11 +191,11 @@ class Trainer:
             progress = self.clock.fraction()
             info = {"loss": losses[-1], "lr": lr, "progress": progress, "eta_seconds": self.clock.eta(epoch)}
             notify(self.observer, "on_step_end", epoch, step, info)
-            if self.clock.exhausted():
+            if self._agreed(self.clock.exhausted()):
                 break
         if not losses:
             raise ValueError(f"epoch {epoch} had no training batches")
-        for name, p in self.model.named_parameters():
+        for name, p in self.net.named_parameters():
             if not bool(torch.isfinite(p).all()):
                 raise TrainingDiverged(epoch, None, float("nan"), what=f"parameter {name}")
         self.scheduler.step()
@@ -212,7 +223,7 @@ class Trainer:
         if self.scaler is not None:
             extra["grad_scaler"] = self.scaler.state_dict()
         return Checkpoint(
-            state_dict=self.model.state_dict(),
+            state_dict=self.net.state_dict(),
             spec=self.spec,
             epoch=epoch,
             metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
@@ -228,12 +239,12 @@ class Trainer:
             raise ValueError(
                 "this checkpoint has no optimizer/scheduler state (a best.pt?); resume needs last.pt"
             )
-        self.model.load_state_dict(ckpt.state_dict)
+        self.net.load_state_dict(ckpt.state_dict)
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
         if self.scaler is not None and "grad_scaler" in ckpt.extra:
             self.scaler.load_state_dict(ckpt.extra["grad_scaler"])
-        if ckpt.rng is not None:
+        if ckpt.rng is not None and self.dist.is_main:  # rank 0's generators (each epoch reseeds them anyway)
             restore_rng(ckpt.rng)
         best = ckpt.extra.get("best_metric", -math.inf)
         self.state = LoopState(
@@ -262,14 +273,19 @@ class Trainer:
             self._run_epochs()
         finally:
             self.clock.stop()
+        self.dist.barrier()  # rank 0's last checkpoints are on disk for every rank
         return st
+
+    def _agreed(self, value: Any) -> Any:
+        """Rank 0's clock decision on every rank (under a time budget; without one the ranks agree anyway)."""
+        return value if self.clock.budget is None else self.dist.from_main(value)
 
     def _run_epochs(self) -> None:
         st, validating = self.state, self.val_every > 0
         for epoch in range(st.epoch + 1, self.epochs):
             train = self.train_epoch(epoch)
             due = validating and (epoch + 1) % self.val_every == 0
-            last = epoch == self.epochs - 1 or self.clock.last_epoch(due)
+            last = epoch == self.epochs - 1 or self._agreed(self.clock.last_epoch(due))
             if last:
                 st.stopped_by = "epochs" if epoch == self.epochs - 1 else "budget"
                 if self.per_step:
@@ -285,19 +301,24 @@ class Trainer:
             val: dict[str, float] = {}
             if validating and (due or last):
                 t = time.perf_counter()
-                val, qc = self.validate_fn(epoch)
+                if self.dist.is_main:
+                    val, qc = self.validate_fn(epoch)
+                val = self.dist.from_main(val)  # the other ranks wait here for rank 0's validation
                 self.clock.note_validation(time.perf_counter() - t)
                 record.update(val)
                 logger.debug("epoch %d: validation Dice %.4f", epoch, val["val/dice_mean"])
             st.history.append(record)
             st.epoch = epoch
             t = time.perf_counter()
+            writes = self.dist.is_main
             if val and val["val/dice_mean"] > st.best_metric:
                 st.best_metric, st.best_epoch = val["val/dice_mean"], epoch
-                save_checkpoint(self.best_path, self._checkpoint(epoch, val, full=False))
-            if not validating and last:  # nothing to choose by: the final weights are the model
+                if writes:
+                    save_checkpoint(self.best_path, self._checkpoint(epoch, val, full=False))
+            if writes and not validating and last:  # nothing to choose by: the final weights are the model
                 save_checkpoint(self.best_path, self._checkpoint(epoch, record, full=False))
-            save_checkpoint(self.last_path, self._checkpoint(epoch, record, full=True))
+            if writes:
+                save_checkpoint(self.last_path, self._checkpoint(epoch, record, full=True))
             self.clock.note_checkpoint(time.perf_counter() - t)
             if val:
                 best = {"best/dice_mean": st.best_metric, "best/epoch": float(st.best_epoch or 0)}

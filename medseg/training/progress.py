@@ -69,7 +69,7 @@ class ConsoleProgress:
         logger.info(
             "training %s on %s: %s training case(s), %s validation case(s)%s%s",
             limit,
-            run.get("device", "?"),
+            run.get("device", "?") + (f" x {run['world_size']} processes" if run.get("world_size", 1) > 1 else ""),
             dataset.get("n_train", "?"),
             dataset.get("n_val", "?"),
             "" if run.get("validation", True) else " (validation off)",

@@ -35,6 +35,7 @@ from medseg.losses import DeepSupervisionLoss
 from medseg.nets import build_network, network_config
 from medseg.training.data import epoch_loader, make_dataset, seed_everything
 from medseg.training.datalist import load_datalist, validate_datalist
+from medseg.training.distributed import LOCAL, Distributed
 from medseg.training.hooks import TrainResult, notify
 from medseg.training.loop import Trainer, TrainingDiverged
 from medseg.training.optim import build_optimizer, build_schedule
@@ -145,6 +146,7 @@ def train(
     tracker: Any = None,
     datalist: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train a model as the config says and leave best/last checkpoints in ``workdir``.
 
@@ -156,12 +158,17 @@ def train(
         tracker: optional observer with the hooks of :mod:`medseg.training.hooks`.
         datalist: overrides ``config.datalist.path``.
         overrides: ``key.sub=value`` config overrides.
+        distributed: this process's rank in a data-parallel run (:func:`medseg.training.distributed.process_group`;
+            default: a single process). Each rank trains on its share of every epoch with ``train.batch_size``
+            cases per step, so a step's global batch is ``batch_size x world_size`` cases; rank 0 alone writes
+            the work folder's files and should alone be given a ``tracker``. The device is the rank's.
 
     Raises:
         DatalistError: the cases do not fit the data contract (every problem listed).
         TrainingDiverged: a non-finite loss; ``tracker.on_end`` got a ``"diverged"`` result first.
     """
     t0 = time.perf_counter()
+    dist = distributed if distributed is not None else LOCAL
     config = resolve_config(config, overrides)
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -195,9 +202,10 @@ def train(
     elif not val_cases:
         logger.warning("no validation case: no validation runs; best.pt will hold the final epoch's weights")
     summary = dataset_summary(config.data, infos, len(train_cases), len(val_cases))
-    atomic_write_text(work / "dataset_summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(work / "config.yaml", yaml.safe_dump(public_config(config), sort_keys=False))
-    device = resolve_device(tc.device)
+    if dist.is_main:
+        atomic_write_text(work / "dataset_summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(work / "config.yaml", yaml.safe_dump(public_config(config), sort_keys=False))
+    device = dist.device if dist.device is not None else resolve_device(tc.device)
     result = TrainResult(status="failed", workdir=work, dataset_summary=summary)
 
     with torch_settings(tc.deterministic, tc.num_threads):
@@ -238,6 +246,8 @@ def train(
                 epoch=epoch,
                 num_workers=tc.num_workers,
                 pin_memory=device.type == "cuda",
+                rank=dist.rank,
+                world_size=dist.world_size,
             )
 
         def run_validation(epoch: int) -> tuple[dict[str, float], list[Path]]:
@@ -260,7 +270,7 @@ def train(
             return metrics, pngs
 
         trainer = Trainer(
-            model,
+            dist.wrap(model),
             loss,
             optimizer,
             scheduler,
@@ -275,6 +285,7 @@ def train(
             grad_clip=tc.grad_clip,
             observer=tracker,
             budget_seconds=None if tc.budget_minutes is None else 60.0 * tc.budget_minutes,
+            dist=dist,
         )
         resumed_from = None
         if resume:
@@ -297,6 +308,7 @@ def train(
                     "medseg_version": __version__,
                     "resumed_from_epoch": resumed_from,
                     "validation": val_every > 0,
+                    "world_size": dist.world_size,
                 },
             },
         )
@@ -304,7 +316,8 @@ def train(
             state = trainer.fit()
             final = trainer.best_path if trainer.best_path.is_file() else trainer.last_path
             model.load_state_dict(load_checkpoint(final, map_location=device).state_dict)
-            result.learning_curve = learning_curve(state.history, work / "learning_curve.png")
+            if dist.is_main:
+                result.learning_curve = learning_curve(state.history, work / "learning_curve.png")
             result.qc_images = list(latest_qc)
         except TrainingDiverged as exc:
             _finish(result, trainer, "diverged", str(exc), t0, tracker)
