@@ -8,9 +8,10 @@ and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 EXIT_OK = 0
@@ -22,7 +23,8 @@ def _series_rule_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--modality", help="required Modality, e.g. CT or MR")
     g.add_argument("--description", help="regular expression matched against SeriesDescription")
     g.add_argument("--image-type", action="append", default=None, help="token required in ImageType (repeatable)")
-    g.add_argument("--min-slices", type=int, default=None, help="minimum number of slices")
+    g.add_argument("--min-slices", type=int, default=None,
+                   help="minimum number of slices (convert: default 3, below it a series is NOT_VOLUME)")
 
 
 def _series_rule(args: argparse.Namespace):
@@ -47,7 +49,7 @@ def _fmt(values, digits: int = 3) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from medseg.data.inspect import describe_path
 
-    for line in describe_path(Path(args.path)):
+    for line in describe_path(Path(args.path), show_descriptions=args.show_descriptions):
         print(line)
     return EXIT_OK
 
@@ -55,7 +57,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from medseg.data.convert import convert_to_nifti
 
-    out = convert_to_nifti(Path(args.path), Path(args.output), series_rule=_series_rule(args), overwrite=args.force)
+    out = convert_to_nifti(
+        Path(args.path), Path(args.output), series_rule=_series_rule(args), overwrite=args.force,
+        min_slices=args.min_slices,
+    )
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -77,25 +82,84 @@ def cmd_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_rank_args(args: argparse.Namespace) -> list[str]:
+    """The ``medseg train`` options of one rank of a ``--nproc`` launch (everything but ``--nproc``)."""
+    out = ["-v"] * args.verbose + ["--config", args.config]
+    for item in args.set:
+        out += ["--set", item]
+    for flag, value in (("--workdir", args.workdir), ("--datalist", args.datalist), ("--plan", args.plan),
+                        ("--tracking-uri", args.tracking_uri)):
+        if value is not None:
+            out += [flag, str(value)]
+    for flag, on in (("--resume", args.resume), ("--no-register", args.no_register), ("--quiet", args.quiet)):
+        if on:
+            out.append(flag)
+    return out
+
+
+def _show_rank_in_logs(rank: int) -> None:
+    """Log lines name the rank; ranks other than 0 show warnings and errors only (rank 0 reports the run)."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"%(levelname)s [rank {rank}] %(name)s: %(message)s"))
+    if rank != 0:
+        logging.getLogger("medseg").setLevel(max(logging.WARNING, logging.getLogger("medseg").level))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import json
     import os
 
     from medseg.config import load_config
+    from medseg.launch import launch_torchrun, launched_by_torchrun
     from medseg.tracking import redact_uri, resolve_tracking_uri
+
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    ranked = launched_by_torchrun(os.environ)
+    if ranked and args.nproc is not None and args.nproc != int(os.environ["WORLD_SIZE"]):
+        raise ValueError(f"--nproc {args.nproc} under torchrun, which started {os.environ['WORLD_SIZE']} processes: "
+                         "leave --nproc out (torchrun's --nproc-per-node decides)")
+    config = load_config(args.config, args.set, [args.plan] if args.plan else [])
+    if not ranked and (args.nproc or 1) > 1:  # this process only launches the ranks: no torch import here
+        return EXIT_OK if launch_torchrun(args.nproc, _train_rank_args(args)) == 0 else EXIT_FAILED
+    from medseg.training.distributed import LOCAL, process_group
     from medseg.workflows import describe, train_and_register
 
-    config = load_config(args.config, args.set)
     workdir = Path(args.workdir or Path("runs") / config.name)
     tracking_uri = resolve_tracking_uri(args.tracking_uri or config.tracking.uri, os.environ, workdir)
-    result = train_and_register(
-        config, workdir, tracking_uri=tracking_uri, resume=args.resume, datalist=args.datalist,
-        register=not args.no_register,
-    )
+    group = process_group(os.environ, config.train.device) if ranked else contextlib.nullcontext(LOCAL)
+    with group as dist:
+        if dist.active:
+            _show_rank_in_logs(dist.rank)
+        observers = []
+        if not args.quiet and dist.is_main:
+            from medseg.training.progress import ConsoleProgress
+
+            observers.append(ConsoleProgress())
+        result = train_and_register(
+            config, workdir, tracking_uri=tracking_uri, resume=args.resume, datalist=args.datalist,
+            register=not args.no_register, observers=observers, distributed=dist if ranked else None,
+        )
+    if not dist.is_main:
+        return EXIT_OK if result.train.status == "completed" else EXIT_FAILED
     summary = dict(describe(result))
     summary["tracking_uri"] = redact_uri(summary["tracking_uri"])
     print(json.dumps(summary, indent=2, default=str))
     return EXIT_OK if result.train.succeeded else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from medseg.planning import make_plan, parse_modalities, plan_table
+
+    result = make_plan(
+        args.datalist, args.out, config_path=args.config, overrides=args.set, device=args.device,
+        budget_minutes=args.budget_minutes, modalities=parse_modalities(args.modality),
+        max_step_seconds=args.max_step_seconds, calibration_steps=args.calibration_steps,
+        calibrate=not args.no_calibrate,
+    )
+    print(plan_table(result.plan.decisions))
+    print(f"wrote {result.plan_path} and {result.fingerprint_path}")
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -116,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 130, 143
 SEGMENT_FORMATS = ("nifti", "seg", "report", "qc")
 
 
@@ -134,7 +198,9 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", type=Path, help="results folder (created; reused to resume)")
     p.add_argument("--model", required=True,
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present), cpu, cuda (workers spread over the visible GPUs: worker i on "
+                   "cuda:i%%n) or cuda:N; a list such as cuda:0,cuda:2 pins the workers in turn")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the model's)")
     p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: the model's)")
@@ -147,7 +213,13 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
                    help="no postprocessing, whatever the model's settings")
     p.add_argument("--formats", type=_formats, default=SEGMENT_FORMATS,
                    help="outputs, e.g. nifti,seg,report,qc (default all)")
-    p.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes, each with its own model copy, fed from one queue (default 1); with --ray the "
+                   "number of actors (default: one per GPU of the cluster, or per CPU without GPUs)")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS|local[:N]",
+                   help="run on Ray (pip install 'medseg[ray]'): auto (the cluster of this node), an address "
+                   "(HOST:PORT, ray://HOST:PORT) or local[:N] (a new Ray instance here with N CPUs); the input and "
+                   "output must be on a file system shared by all nodes")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI for models:/ and runs:/ URIs (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -167,21 +239,50 @@ def postprocess_arg(args: argparse.Namespace) -> bool | dict[str, object] | None
     return settings or None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the run unwinds through its clean-up code."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (a scheduler's or `kill`'s stop) into :class:`_Terminated` for the block.
+
+    Without a handler the process dies at once: the case being written stays a temp folder and the batch
+    reports are not updated. Raised as an interrupt, the case in progress rolls back (its temp folder is removed),
+    the ledger keeps every finished case and the reports are written.
+    """
+    import signal
+
+    def _raise(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     import os
 
-    from medseg.batch import segment_archive
+    from medseg.batch import ScaleOut, segment_archive
     from medseg.tracking.store import ENV_TRACKING_URI
 
     # as MLflow's own tools do: --tracking-uri, else $MLFLOW_TRACKING_URI (only models:/ and runs:/ URIs need one)
     tracking_uri = args.tracking_uri or os.environ.get(ENV_TRACKING_URI, "").strip() or None
     try:
-        summary = segment_archive(
-            args.input, args.output, args.model, device=args.device, tta=args.tta, overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size, postprocess=postprocess_arg(args), formats=args.formats,
-            workers=args.workers,
-            tracking_uri=tracking_uri, progress=not args.no_progress,
-        )
+        with _sigterm_as_interrupt():
+            summary = segment_archive(
+                args.input, args.output, args.model, device=args.device, tta=args.tta, overlap=args.overlap,
+                sw_batch_size=args.sw_batch_size, postprocess=postprocess_arg(args), formats=args.formats,
+                workers=args.workers,
+                tracking_uri=tracking_uri, progress=not args.no_progress, scale=ScaleOut(ray=args.ray),
+            )
+    except _Terminated:
+        print("medseg segment: terminated (SIGTERM); the case in progress was rolled back and the reports "
+              "written; run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("medseg segment: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -189,6 +290,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for name, path in sorted(summary.reports.items()):
         print(f"{name} report: {path}")
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from medseg.batch.review import rebuild_review_page
+
+    print(f"wrote {rebuild_review_page(Path(args.output))}")
+    return EXIT_OK
 
 
 DEMO_MARKER = ".medseg-demo"
@@ -207,7 +315,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(out)  # a previous demo's folder (it carries the marker): start afresh
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).write_text("created by medseg demo; `medseg demo` may delete this folder\n")
-    result = run_demo(out, env=os.environ, tracking_uri=args.tracking_uri, seed=args.seed)
+    from medseg.training.progress import ConsoleProgress
+
+    result = run_demo(out, env=os.environ, tracking_uri=args.tracking_uri, seed=args.seed,
+                      observers=[ConsoleProgress()])
     for line in report_lines(result):
         if line:
             print(line)
@@ -230,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="list the series / volumes under PATH (no patient identifiers)")
     p.add_argument("path", help="a volume file, a DICOM series folder or a study tree")
+    p.add_argument("--show-descriptions", action="store_true",
+                   help="also show SeriesDescription (free text that can hold identifiers)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("convert", help="write a DICOM series (or any readable volume) as NIfTI")
@@ -246,11 +359,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datalist", default=None, help="folder layout, CSV or JSON (overrides datalist.path)")
     p.add_argument("--resume", action="store_true", help="continue from WORKDIR/checkpoints/last.pt")
     p.add_argument("--no-register", action="store_true", help="do not register the model in the MLflow registry")
+    p.add_argument("--plan", default=None, metavar="PLAN.yaml",
+                   help="a `medseg plan` overlay, merged over the config before --set")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no epoch/validation lines (warnings and the final JSON only)")
     p.add_argument(
         "--tracking-uri", default=None,
         help="MLflow tracking URI (default: tracking.uri, $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlruns.db)",
     )
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel training in N processes on this machine through torchrun (one GPU each on "
+                   "CUDA); the global batch is train.batch_size x N. Several machines: torchrun -m medseg.train")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "plan", help="fingerprint a datalist and plan spacing, patch, network, batch, normalization and epochs",
+        description="Writes OUT (a config overlay for `medseg train --plan OUT`) and fingerprint.json beside it, "
+        "and prints each choice with its reason. The rules follow nnU-Net's planner; see medseg.planning.rules.",
+    )
+    p.add_argument("datalist", help="folder layout, CSV or JSON datalist")
+    p.add_argument("--out", required=True, help="the plan to write (YAML)")
+    p.add_argument("--config", default=None,
+                   help="base config (data contract, network, loss); default: channels and labels from the datalist")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config value")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda:N (default: the config's train.device)")
+    p.add_argument("--budget-minutes", type=float, default=None, help="training time budget: sets train.epochs")
+    p.add_argument("--modality", action="append", default=[], metavar="CHANNEL=MOD",
+                   help="the modality of a channel (CT, MR or other), e.g. CT=CT (repeatable)")
+    p.add_argument("--max-step-seconds", type=float, default=None,
+                   help="step-time limit for the patch search (default: 2 on CPU, none on CUDA)")
+    p.add_argument("--calibration-steps", type=int, default=3, help="timed training steps (default 3)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip the step-time measurement")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
         "segment", help="segment a study, a series or a whole archive (resumable; outputs in the input geometry)",
@@ -259,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_segment_args(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser(
+        "report", help="rebuild OUTPUT/report.html, the review page of a batch run, without running inference"
+    )
+    p.add_argument("output", help="the output folder of `medseg segment`")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="per-case, per-label Dice, HD95 and NSD of predictions against ground truth")
     p.add_argument("pred", help="predicted label file, or a folder of them")
@@ -284,10 +430,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: third-party loggers kept at WARNING unless -vv (MLflow's database set-up would drown medseg's lines)
+NOISY_LOGGERS = ("mlflow", "alembic", "huey", "sqlalchemy", "urllib3", "matplotlib", "PIL", "git")
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    """WARNING by default, INFO for the long jobs `train` and `demo` (their progress lines; WARNING with --quiet);
+    each -v one step more."""
+    long_job = args.command in ("train", "demo")
+    base = logging.INFO if long_job and not getattr(args, "quiet", False) else logging.WARNING
+    return max(logging.DEBUG, base - 10 * args.verbose)
+
+
+def _quiet_third_party(verbose: int) -> None:
+    import os
+
+    if verbose >= 2:
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    for name in NOISY_LOGGERS:  # and for a process that imported it already
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    level = _log_level(args)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    medseg_logger = logging.getLogger("medseg")
+    previous_level = medseg_logger.level
+    medseg_logger.setLevel(level)  # also when the root logger was configured before (pipelines, notebooks)
+    _quiet_third_party(args.verbose)
     from medseg.errors import MedsegError
 
     try:
@@ -296,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("medseg.cli").debug("details", exc_info=True)
         print(f"medseg {args.command}: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    finally:
+        medseg_logger.setLevel(previous_level)  # a caller's own logging set-up is left as it was
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,8 +104,11 @@ def run_demo(
     n_train: int = 20,
     n_archive: int = 4,
     overrides: tuple[str, ...] = (),
+    observers: Sequence[Any] = (),
 ) -> DemoResult:
-    """Run every stage into ``out`` (which must not hold a previous demo's data: pass a fresh folder)."""
+    """Run every stage into ``out`` (which must not hold a previous demo's data: pass a fresh folder).
+
+    ``observers`` see the training hooks (e.g. :class:`medseg.training.progress.ConsoleProgress`)."""
     from medseg.batch import segment_archive
     from medseg.tracking import resolve_tracking_uri
     from medseg.workflows import train_and_register
@@ -117,7 +121,9 @@ def run_demo(
     uri = resolve_tracking_uri(tracking_uri, env or {}, out / "mlflow")
     result = DemoResult(out=out, tracking_uri=uri)
     t1 = time.perf_counter()
-    trained = train_and_register(config, out / "train", tracking_uri=uri, datalist=data["dataset"], overrides=overrides)
+    trained = train_and_register(
+        config, out / "train", tracking_uri=uri, datalist=data["dataset"], overrides=overrides, observers=observers
+    )
     result.train_seconds = time.perf_counter() - t1
     result.best_val_dice = trained.train.best_metrics.get("val/dice_mean")
     if trained.model is None:

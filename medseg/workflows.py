@@ -33,6 +33,7 @@ def train_and_register(
     overrides: Sequence[str] = (),
     register: bool = True,
     observers: Sequence[Any] = (),
+    distributed: Any = None,
 ) -> TrainRegisterResult:
     """Train from a config while MLflow observes the run, then register the best model.
 
@@ -40,6 +41,9 @@ def train_and_register(
     training completed; a diverged or failed run registers nothing. With the tracking server unreachable training
     still completes: what could not be logged is kept in ``workdir/mlflow-offline`` and reported. ``observers``
     see the training hooks too (e.g. :class:`medseg.training.progress.ConsoleProgress`).
+
+    In a data-parallel run (``distributed``, a :class:`medseg.training.distributed.Distributed`) every rank calls
+    this; rank 0 alone opens the MLflow run, gets ``observers`` and registers; the other ranks only train.
     """
     from medseg.checkpoint import load_checkpoint
     from medseg.tracking import RunLogger, register_model
@@ -50,10 +54,14 @@ def train_and_register(
 
     cfg = resolve_config(config, overrides)
     work = Path(workdir)
+    if distributed is not None and not distributed.is_main:
+        result = train(cfg, work, resume=resume, datalist=datalist, distributed=distributed)
+        return TrainRegisterResult(train=result, tracking_uri=tracking_uri, run_id=None)
     run_logger = RunLogger(cfg.tracking, tracking_uri, work / "mlflow-offline")
     observer = MLflowObserver(run_logger, run_name=cfg.name)
     try:
-        result = train(cfg, work, resume=resume, tracker=Observers(observer, *observers), datalist=datalist)
+        result = train(cfg, work, resume=resume, tracker=Observers(observer, *observers), datalist=datalist,
+                       distributed=distributed)
     except BaseException:
         if run_logger.active:
             run_logger.end("FAILED")

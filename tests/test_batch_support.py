@@ -136,3 +136,20 @@ def cli(argv: list[str]) -> None:
     segment_archive(
         inp, out, threshold_predictor(float(delay)), name_key=bytes.fromhex(key_hex), progress=False
     )
+
+
+def register_threshold() -> None:
+    """Register :class:`ThresholdNet` as the network ``"threshold"`` (a worker / Ray actor set-up hook)."""
+    from medseg.nets.registry import NETWORKS
+
+    NETWORKS["threshold"] = ThresholdNet
+
+
+def save_threshold_checkpoint(path: Path, delay_s: float = 0.0) -> Path:
+    """A checkpoint of the thresholding model (``delay_s`` per forward pass: per sliding window batch)."""
+    from medseg.checkpoint import Checkpoint, save_checkpoint
+
+    spec = threshold_spec()
+    if delay_s:
+        spec.network = {"name": "threshold", "delay_s": delay_s}
+    return save_checkpoint(path, Checkpoint({}, spec))

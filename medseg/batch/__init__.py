@@ -14,7 +14,7 @@ from medseg.batch.ledger import LEDGER_FILE, Ledger, LedgerError, LedgerRow, Sta
 from medseg.batch.naming import KEY_FILE, keyed_name, load_or_create_key
 from medseg.batch.publish import OutputLockedError
 from medseg.batch.report import QUARANTINE_CSV, REPORT_CSV, REPORT_JSON, BatchSummary, QuarantineEntry
-from medseg.batch.runner import DEFAULT_FORMATS, segment_archive
+from medseg.batch.runner import DEFAULT_FORMATS, ScaleOut, segment_archive
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -31,6 +31,7 @@ __all__ = [
     "LedgerRow",
     "OutputLockedError",
     "QuarantineEntry",
+    "ScaleOut",
     "Status",
     "WorkItem",
     "discover",

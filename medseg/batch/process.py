@@ -1,5 +1,9 @@
 """Processing work items: read (ahead, in a thread), predict, write outputs into a temp folder, publish, record.
 
+Computing (:func:`compute_item`: predict, write the case into a temp folder, checksum) is separate from recording
+(:func:`record_result`: rename the temp folder into place, one ledger transition), so that a Ray actor can compute
+and the driver, which owns the ledger, records; in one process :func:`process_item` does both.
+
 Each item ends in exactly one ledger transition: ``DONE`` (outputs published under ``OUTPUT/<key>`` and their
 sha256 recorded), ``QUARANTINED`` (an :class:`~medseg.errors.InputError`: the input is unusable; its reason code is
 recorded) or ``FAILED`` (any other exception: recorded with a scrubbed error text and retried by the next run).
@@ -21,7 +25,7 @@ from typing import Any
 from medseg.batch.discover import WorkItem
 from medseg.batch.ledger import Ledger, Status
 from medseg.batch.prefetch import LoadFailure, Prefetcher
-from medseg.batch.publish import checksum_folder, new_temp_folder, publish_folder
+from medseg.batch.publish import checksum_folder, new_temp_folder, publish_folder, remove_item_temps
 from medseg.batch.reading import LoadedItem, load_item
 from medseg.batch.report import QuarantineEntry
 from medseg.data.dicom import SeriesInfo
@@ -29,7 +33,21 @@ from medseg.errors import InputError, ReasonCode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ItemOutcome", "RunContext", "process_item", "run_items", "scrub"]
+__all__ = [
+    "Computed",
+    "ItemOutcome",
+    "Rejected",
+    "RunContext",
+    "compute_item",
+    "failure",
+    "load_or_failure",
+    "process_item",
+    "record_lost",
+    "record_result",
+    "run_items",
+    "scrub",
+    "timed_loader",
+]
 
 _REDACTED = "<redacted>"
 
@@ -63,6 +81,7 @@ class ItemOutcome:
     key: str
     status: Status
     quarantine: QuarantineEntry | None = None
+    worker: str | None = None  # which worker process or Ray actor computed it (None: this process)
 
 
 def _item_words(root: Path, item: WorkItem) -> list[str]:
@@ -92,15 +111,49 @@ def _case_provenance(ctx: RunContext, item: WorkItem) -> dict[str, Any]:
     return {**ctx.provenance, "case_id": item.key, "item_kind": item.kind.value}
 
 
+@dataclass(frozen=True)
+class Computed:
+    """An item computed into a temp folder under the output folder, not yet published (picklable).
+
+    The process that owns the ledger publishes it (:func:`record_result`): in a single-process run or a local
+    worker that is the same process, in a Ray run the driver.
+    """
+
+    key: str
+    tmp: Path
+    checksums: dict[str, str]
+    fingerprint: str | None
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item that could not be computed (picklable).
+
+    Attributes:
+        status: ``QUARANTINED`` (an unusable input; ``reason`` is its code) or ``FAILED`` (any other error;
+            ``reason`` is the exception type and ``error`` the scrubbed text recorded in the ledger).
+        problem_path: the offending file or folder (relative to the input root), for ``quarantine.csv``.
+        detail: a sentence for ``quarantine.csv`` (input root replaced by ``<input>``).
+    """
+
+    key: str
+    status: Status
+    reason: str
+    problem_path: str | None
+    detail: str
+    error: str | None
+    seconds: float
+
+
 def _write_case(
-    loaded: LoadedItem, label: Any, predictor: Any, ctx: RunContext, timing: dict[str, float]
+    tmp: Path, loaded: LoadedItem, label: Any, predictor: Any, ctx: RunContext, timing: dict[str, float]
 ) -> dict[str, str]:
-    """Write the case's outputs into a temp folder, checksum them, and rename the folder to ``OUTPUT/<key>``."""
+    """Write the case's outputs into the temp folder ``tmp`` and checksum them (``tmp`` is removed on any error)."""
     from medseg.outputs import write_case_outputs
     from medseg.outputs.dicom_seg import UnsupportedSegSourceError
 
     item = loaded.item
-    tmp = new_temp_folder(ctx.output, item.key)
     try:
         write_case_outputs(
             tmp,
@@ -122,7 +175,6 @@ def _write_case(
                 "an input file changed while it was segmented (still being copied?); the next run segments it "
                 "again",
             )
-        publish_folder(tmp, ctx.output / item.key)
     except UnsupportedSegSourceError as exc:  # final for this input: quarantined, not retried every run
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(
@@ -136,28 +188,29 @@ def _write_case(
     return checksums
 
 
-def _quarantine(ledger: Ledger, item: WorkItem, exc: InputError, seconds: float) -> ItemOutcome:
-    code = exc.code.value
-    ledger.mark_quarantined(item.key, code, seconds=seconds)
-    logger.warning("item %s: QUARANTINED [%s]", item.key, code)
-    entry = QuarantineEntry(
+def failure(item: WorkItem, exc: BaseException, ctx: RunContext, seconds: float) -> Rejected:
+    """A ``FAILED`` result for ``item`` from the exception that ended its attempt (texts scrubbed of paths)."""
+    raw = f"{type(exc).__name__}: {exc}"
+    return Rejected(
         key=item.key,
-        kind=item.kind.value,
-        status=Status.QUARANTINED.value,
-        reason=code,
-        item_path=item.relative_path,
-        problem_path=exc.path or item.relative_path,
-        detail=exc.detail,
+        status=Status.FAILED,
+        reason=type(exc).__name__,
+        problem_path=item.relative_path,
+        detail=raw.replace(str(ctx.root), "<input>"),
+        error=scrub(raw, ctx.root, _item_words(ctx.root, item)),
+        seconds=seconds,
     )
-    return ItemOutcome(item.key, Status.QUARANTINED, entry)
 
 
-def process_item(
-    loaded: LoadedItem | LoadFailure[WorkItem], predictor: Any, ledger: Ledger, ctx: RunContext
-) -> ItemOutcome:
-    """Predict and write one read item (or record why it could not be read); never raises for item errors."""
+def compute_item(
+    loaded: LoadedItem | LoadFailure[WorkItem], predictor: Any, ctx: RunContext
+) -> Computed | Rejected:
+    """Predict one read item and write its outputs into a new temp folder under the output folder.
+
+    Never raises for item errors: an unusable input gives a ``QUARANTINED`` :class:`Rejected`, any other exception
+    a ``FAILED`` one. Neither the ledger nor the final case folder is touched (see :func:`record_result`).
+    """
     item = loaded.item
-    ledger.mark_started(item.key)
     start = time.perf_counter()
     read_s = loaded.seconds
     try:
@@ -166,39 +219,125 @@ def process_item(
         label = predictor.predict(loaded.image)
         infer_s = time.perf_counter() - start
         timing = {"read_s": round(read_s, 6), "infer_s": round(infer_s, 6)}
-        checksums = _write_case(loaded, label, predictor, ctx, timing)
+        tmp = new_temp_folder(ctx.output, item.key)
+        checksums = _write_case(tmp, loaded, label, predictor, ctx, timing)
         write_s = time.perf_counter() - start - infer_s
     except InputError as exc:
-        return _quarantine(ledger, item, exc, read_s + time.perf_counter() - start)
-    except Exception as exc:  # anything else is a failure of this attempt, retried by the next run
-        raw = f"{type(exc).__name__}: {exc}"
-        text = scrub(raw, ctx.root, _item_words(ctx.root, item))
-        ledger.mark_failed(item.key, text, seconds=read_s + time.perf_counter() - start)
-        logger.warning("item %s: FAILED (%s); the next run retries it", item.key, text[:300])
-        entry = QuarantineEntry(
+        return Rejected(
             key=item.key,
-            kind=item.kind.value,
-            status=Status.FAILED.value,
-            reason=type(exc).__name__,
-            item_path=item.relative_path,
-            problem_path=item.relative_path,
-            detail=raw.replace(str(ctx.root), "<input>"),
+            status=Status.QUARANTINED,
+            reason=exc.code.value,
+            problem_path=exc.path or item.relative_path,
+            detail=exc.detail,
+            error=None,
+            seconds=read_s + time.perf_counter() - start,
         )
-        return ItemOutcome(item.key, Status.FAILED, entry)
-    total = read_s + infer_s + write_s
+    except Exception as exc:  # anything else is a failure of this attempt, retried by the next run
+        return failure(item, exc, ctx, read_s + time.perf_counter() - start)
+    timings = {"read": read_s, "infer": infer_s, "write": write_s, "total": read_s + infer_s + write_s}
+    return Computed(item.key, tmp, checksums, loaded.fingerprint, timings)
+
+
+def _entry(item: WorkItem, result: Rejected) -> QuarantineEntry:
+    return QuarantineEntry(
+        key=item.key,
+        kind=item.kind.value,
+        status=result.status.value,
+        reason=result.reason,
+        item_path=item.relative_path,
+        problem_path=result.problem_path or item.relative_path,
+        detail=result.detail,
+    )
+
+
+def record_result(
+    item: WorkItem, result: Computed | Rejected, ledger: Ledger, ctx: RunContext
+) -> ItemOutcome:
+    """Publish a computed item (rename its temp folder to ``OUTPUT/<key>``) and record how the item ended."""
+    if isinstance(result, Computed):
+        try:
+            publish_folder(result.tmp, ctx.output / item.key)
+        except Exception as exc:
+            shutil.rmtree(result.tmp, ignore_errors=True)
+            result = failure(item, exc, ctx, result.timings["total"])
+    if isinstance(result, Rejected):
+        if result.status == Status.QUARANTINED:
+            ledger.mark_quarantined(item.key, result.reason, seconds=result.seconds)
+            logger.warning("item %s: QUARANTINED [%s]", item.key, result.reason)
+        else:
+            ledger.mark_failed(item.key, result.error or result.reason, seconds=result.seconds)
+            logger.warning(
+                "item %s: FAILED (%s); the next run retries it", item.key, (result.error or result.reason)[:300]
+            )
+        return ItemOutcome(item.key, result.status, _entry(item, result))
+    t = result.timings
     ledger.mark_done(
         item.key,
         output=item.key,
-        checksums=checksums,
+        checksums=result.checksums,
         formats=ctx.formats,
-        timings={"read": read_s, "infer": infer_s, "write": write_s, "total": total},
-        input_fingerprint=loaded.fingerprint,
+        timings=t,
+        input_fingerprint=result.fingerprint,
     )
-    logger.info("item %s: DONE (read %.2f s, infer %.2f s, write %.2f s)", item.key, read_s, infer_s, write_s)
+    logger.info(
+        "item %s: DONE (read %.2f s, infer %.2f s, write %.2f s)", item.key, t["read"], t["infer"], t["write"]
+    )
     return ItemOutcome(item.key, Status.DONE)
 
 
-def _timed_loader(spec: Any, root: Path) -> Callable[[WorkItem], LoadedItem]:
+def record_lost(
+    item: WorkItem, ledger: Ledger, ctx: RunContext, *, assigned_at: float, why: str
+) -> ItemOutcome | None:
+    """Settle an item that was in flight in a worker (process or Ray actor) that died; ``None``: hand it out again.
+
+    The item's temp folders are removed. If the worker recorded an end after ``assigned_at`` (it died before
+    reporting it), that end stands; if it started the item, the item becomes ``FAILED`` (retried by the next run);
+    if it never started it (read ahead only), nothing happened to it and it can go to another worker.
+    """
+    remove_item_temps(ctx.output, item.key)
+    row = ledger.get(item.key)
+    if row is None:
+        return None
+    if row.status != Status.PENDING and row.finished_at is not None and row.finished_at >= assigned_at:
+        if row.status == Status.DONE:
+            return ItemOutcome(item.key, Status.DONE)
+        lost = Rejected(item.key, row.status, row.reason or "WorkerLost", None, row.error or "", None, 0.0)
+        return ItemOutcome(item.key, row.status, _entry(item, lost))
+    if row.started_at is None or row.started_at < assigned_at:
+        return None
+    text = f"WorkerLost: {why} while computing this item"
+    ledger.mark_failed(item.key, text)
+    logger.warning("item %s: FAILED (%s)", item.key, text)
+    lost = Rejected(item.key, Status.FAILED, "WorkerLost", None, text, text, 0.0)
+    return ItemOutcome(item.key, Status.FAILED, _entry(item, lost))
+
+
+def process_item(
+    loaded: LoadedItem | LoadFailure[WorkItem], predictor: Any, ledger: Ledger, ctx: RunContext
+) -> ItemOutcome:
+    """Predict, write, publish and record one read item (or record why it could not be read).
+
+    Never raises for item errors.
+    """
+    ledger.mark_started(loaded.item.key)
+    # an interrupt propagates: the temp folder is already removed and the row stays unfinished (retried next run)
+    return record_result(loaded.item, compute_item(loaded, predictor, ctx), ledger, ctx)
+
+
+def load_or_failure(
+    load: Callable[[WorkItem], LoadedItem], item: WorkItem
+) -> LoadedItem | LoadFailure[WorkItem]:
+    """``load(item)``, or a :class:`LoadFailure` holding the exception it raised (as the prefetch thread does)."""
+    start = time.perf_counter()
+    try:
+        return load(item)
+    except Exception as exc:
+        return LoadFailure(item, exc, time.perf_counter() - start)
+
+
+def timed_loader(spec: Any, root: Path) -> Callable[[WorkItem], LoadedItem]:
+    """``load(item)``: read an item for ``spec``, with its reading time in ``seconds``."""
+
     def load(item: WorkItem) -> LoadedItem:
         start = time.perf_counter()
         loaded = load_item(item, spec, root)
@@ -218,6 +357,6 @@ def run_items(
     prefetch: int = 1,
 ) -> None:
     """Process ``items`` in order, reading the next ones in a background thread (``prefetch`` items ahead)."""
-    with Prefetcher(items, _timed_loader(predictor.spec, ctx.root), depth=prefetch) as loads:
+    with Prefetcher(items, timed_loader(predictor.spec, ctx.root), depth=prefetch) as loads:
         for loaded in loads:
             on_outcome(process_item(loaded, predictor, ledger, ctx))

@@ -34,6 +34,7 @@ __all__ = [
     "lock_output",
     "new_temp_folder",
     "publish_folder",
+    "remove_item_temps",
     "sha256_file",
 ]
 
@@ -86,6 +87,22 @@ def clean_stale_temps(output: Path) -> int:
         removed += 1
     if removed:
         logger.info("removed %d stale temp file(s)/folder(s) left by an interrupted run", removed)
+    return removed
+
+
+def remove_item_temps(output: Path, key: str) -> int:
+    """Remove the temp folders of item ``key`` (after the worker writing them died); returns how many.
+
+    Safe while the run holds the output lock: an item is in flight in one worker at a time.
+    """
+    removed = 0
+    for pattern in (f"{TEMP_PREFIX}{key}-*", f"{TEMP_PREFIX}old-{key}-*"):
+        for entry in output.glob(pattern):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 

@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from medseg.errors import ConfigError, InputError, ReasonCode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_FORMATS", "segment_archive"]
+__all__ = ["DEFAULT_FORMATS", "ScaleOut", "segment_archive"]
 
 DEFAULT_FORMATS = ("nifti", "seg", "report", "qc")
 _CREATED_META = "seg_created"
@@ -94,10 +94,27 @@ def _check_writable(output: Path) -> None:
         raise ConfigError(f"{output}: the output folder is not writable ({exc.strerror or exc})") from None
 
 
+@dataclass(frozen=True)
+class ScaleOut:
+    """Where a run computes besides this process (see :func:`segment_archive`'s ``workers`` and ``device``).
+
+    Attributes:
+        ray: run on Ray (:mod:`medseg.batch.cluster`): ``"auto"`` (the cluster this machine belongs to), an address
+            (``HOST:PORT`` or ``ray://HOST:PORT``), ``"local"`` or ``"local:N"`` (a new Ray instance on this machine
+            with N CPUs); None: worker processes on this machine. Needs ``pip install medseg[ray]``.
+        worker_setup: a picklable callable run in every worker process / Ray actor before it loads the model, e.g.
+            to register a custom network in :data:`medseg.nets.registry.NETWORKS`.
+    """
+
+    ray: str | None = None
+    worker_setup: Callable[[], None] | None = None
+
+
 def _check_model(
     model: Any,
     *,
     workers: int,
+    ray: bool = False,
     tta: bool,
     overlap: float | None,
     sw_batch_size: int | None,
@@ -109,9 +126,9 @@ def _check_model(
         raise ConfigError(
             f"model must be a model URI / checkpoint path or a Predictor, got {type(model).__name__}"
         )
-    if workers > 1:
+    if workers > 1 or ray:
         raise ConfigError(
-            "workers > 1 needs a model URI or checkpoint path (each worker loads its own model)"
+            f"{'ray' if ray else 'workers > 1'} needs a model URI or checkpoint path (each worker loads its own model)"
         )
     if tta or overlap is not None or sw_batch_size is not None or postprocess is not None:
         raise ConfigError(
@@ -212,10 +229,11 @@ def segment_archive(
     sw_batch_size: int | None = None,
     postprocess: bool | Mapping[str, Any] | None = None,
     formats: Sequence[str] = DEFAULT_FORMATS,
-    workers: int = 1,
+    workers: int | None = None,
     tracking_uri: str | None = None,
     progress: bool = True,
     name_key: bytes | None = None,
+    scale: ScaleOut | None = None,
 ) -> BatchSummary:
     """Segment every series / case under ``input`` into ``output``; resumable and safe to kill at any moment.
 
@@ -224,16 +242,21 @@ def segment_archive(
         output: the output folder (created); one sub-folder per item named by its key, plus the ledger and reports.
         model: a model URI (``models:/NAME@ALIAS``, ``runs:/...``), a checkpoint path, or a ready
             :class:`~medseg.inference.Predictor`.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda:N"`` (when loading from a URI).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (when loading from a URI). With several workers,
+            ``cuda`` (and ``auto`` on a machine with GPUs) spreads them over the visible GPUs (worker i on
+            ``cuda:{i % n}``) and a comma-separated list (``"cuda:0,cuda:2"``) pins them in turn
+            (:mod:`medseg.batch.devices`). On Ray: ``auto``, ``cuda`` or ``cpu`` (Ray gives each actor its GPU).
         tta, overlap, sw_batch_size: inference settings (when loading from a URI).
         postprocess: label clean-up (when loading from a URI): None for the model's own settings, False for none,
             a mapping to replace some of the model's settings (``largest_component``, ``min_volume_mm3``,
             ``connectivity``).
         formats: outputs per case, any of ``("nifti", "seg", "report", "qc")``.
-        workers: processes, each with its own copy of the model (needs a URI / path).
+        workers: processes, each with its own copy of the model (needs a URI / path), fed from one queue; None: 1.
+            On Ray, the number of actors (None: one per GPU of the cluster, or one per CPU when it has none).
         tracking_uri: MLflow tracking URI for ``models:/`` and ``runs:/`` URIs.
         progress: draw a progress bar on stderr (only when stderr is a terminal).
         name_key: the naming key (default: the output folder's own key, created on first use).
+        scale: run on a Ray cluster, and a set-up hook for workers (:class:`ScaleOut`).
 
     Returns:
         A :class:`BatchSummary` (``summary.table()`` for people, ``summary.reports`` for the report files).
@@ -245,25 +268,35 @@ def segment_archive(
     """
     start = time.perf_counter()
     input_path, out = Path(input).absolute(), Path(output).absolute()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    scale = scale or ScaleOut()
     fmt = _check_formats(formats)
+    ray_target = _check_ray(scale, device)
     _check_model(
-        model, workers=workers, tta=tta, overlap=overlap, sw_batch_size=sw_batch_size, postprocess=postprocess
+        model,
+        workers=workers or 1,
+        ray=ray_target is not None,
+        tta=tta,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        postprocess=postprocess,
     )
+    uri = isinstance(model, str | os.PathLike)
+    devices = _local_devices(device, workers or 1) if ray_target is None and uri else None
     if not input_path.exists():
         raise InputError(ReasonCode.FILE_NOT_FOUND, None, "the batch input does not exist")
     _check_paths(input_path, out)
     # the model (and its settings) is checked before anything is written: a bad model leaves no output folder
     predictor, source = _predictor(
         model,
-        device=device,
+        device=devices[0] if devices else "cpu",
         tta=tta,
         overlap=overlap,
         sw_batch_size=sw_batch_size,
         postprocess=postprocess,
         tracking_uri=tracking_uri,
-        workers=workers,
+        workers=2 if ray_target is not None else workers or 1,
     )
     provenance = batch_provenance(predictor)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,8 +312,43 @@ def segment_archive(
                 "model or inference settings (tta, overlap, postprocess)",
             )
             found = discover(input_path, predictor.spec.channels, key, exclude=[out])
-            job = _Job(found, predictor, source, out, key, provenance, fmt, workers, progress, start)
+            job = _Job(
+                found,
+                predictor,
+                source,
+                out,
+                key,
+                provenance,
+                fmt,
+                workers,
+                progress,
+                start,
+                devices=devices,
+                device=device,
+                ray=ray_target,
+                scale=scale,
+            )
             return _run(job, ledger)
+
+
+def _check_ray(scale: ScaleOut, device: str) -> Any:
+    """The parsed ``scale.ray`` target (None for a local run); Ray must be installed (checked before any work)."""
+    if scale.ray is None:
+        return None
+    from medseg.batch.cluster import check_device, import_ray, parse_ray
+
+    target = parse_ray(scale.ray)
+    check_device(device)
+    import_ray()
+    return target
+
+
+def _local_devices(device: str, workers: int) -> list[str]:
+    import torch
+
+    from medseg.batch.devices import worker_devices
+
+    return worker_devices(device, workers, torch.cuda.device_count())
 
 
 def _bind(ledger: Ledger, name: str, value: str, what: str) -> None:
@@ -301,9 +369,13 @@ class _Job:
     key: bytes
     provenance: dict[str, Any]
     formats: tuple[str, ...]
-    workers: int
+    workers: int | None
     progress: bool
     started: float
+    devices: list[str] | None = None  # one per local worker
+    device: str = "auto"  # the --device value (for Ray actors)
+    ray: Any = None  # a cluster.RayTarget when the run goes to Ray
+    scale: ScaleOut = ScaleOut()
 
 
 def _run(job: _Job, ledger: Ledger) -> BatchSummary:
@@ -311,7 +383,11 @@ def _run(job: _Job, ledger: Ledger) -> BatchSummary:
     from medseg.batch.workers import run_in_workers
 
     found, out, formats = job.found, job.output, job.formats
-    settings = {"formats": list(formats), "workers": job.workers}
+    settings: dict[str, Any] = {"formats": list(formats), "workers": job.workers or 1}
+    if job.ray is not None:
+        settings.update(workers=job.workers, ray=job.scale.ray)
+    elif job.devices and len(set(job.devices)) > 1:
+        settings["devices"] = job.devices
     run_id = ledger.begin_run(__version__, settings)
     ledger.sync(
         ((it.key, it.kind.value, it.problem.code.value if it.problem else None) for it in found.items), run_id
@@ -339,10 +415,33 @@ def _run(job: _Job, ledger: Ledger) -> BatchSummary:
 
     try:
         with bar:
-            if job.source is None or job.workers == 1:
+            if job.ray is not None:
+                from medseg.batch.cluster import run_on_ray
+
+                run_on_ray(
+                    todo,
+                    job.source,
+                    ctx,
+                    ledger,
+                    on_outcome,
+                    target=job.ray,
+                    device=job.device,
+                    workers=job.workers,
+                    setup=job.scale.worker_setup,
+                )
+            elif job.source is None or (job.workers or 1) == 1:
                 run_items(todo, job.predictor, ledger, ctx, on_outcome)
             else:
-                run_in_workers(todo, job.source, ctx, ledger.path, job.workers, on_outcome)
+                run_in_workers(
+                    todo,
+                    job.source,
+                    ctx,
+                    ledger,
+                    job.workers,
+                    on_outcome,
+                    devices=job.devices,
+                    setup=job.scale.worker_setup,
+                )
     finally:
         summary.items = ledger.rows(run_id=run_id)
         summary.seconds = time.perf_counter() - job.started

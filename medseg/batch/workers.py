@@ -1,29 +1,48 @@
-"""Several worker processes for one batch run: each loads the model once and processes its share of the items.
+"""Several worker processes for one batch run on this machine, fed from one work queue.
 
-Items are dealt round-robin. Every worker opens the shared ledger itself (SQLite serialises the writers) and
-reports each item's outcome to the parent through a queue, which draws the progress bar and collects the
-quarantine list. A worker that dies (killed, out of memory) leaves its unfinished items ``PENDING``/``FAILED`` for
-the next run; the parent notices the exit and goes on with the others.
+Each worker loads the model once on its own device (:mod:`medseg.batch.devices`) and asks the parent for an item
+whenever it starts computing the previous one (so it reads the next item while computing the current one): the next
+item goes to the first free worker, and one slow study holds one worker while the others go on with the rest. The
+parent hands items out largest first (by number of input files), so a big study does not start last and make the run
+wait for it alone.
+
+Every worker talks to the parent over its own pipe (a killed worker cannot corrupt the others' channel) and writes
+the shared ledger itself (SQLite serialises the writers). A worker that dies (killed, out of memory) is noticed at
+once through its process sentinel: the item it was computing becomes ``FAILED`` (retried by the next run), an item
+it had only read ahead goes to another worker, and the others go on; no item is handed out twice.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
-import queue
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 from medseg.batch.discover import WorkItem
 from medseg.batch.ledger import Ledger
-from medseg.batch.process import ItemOutcome, RunContext, run_items, scrub
+from medseg.batch.process import (
+    ItemOutcome,
+    RunContext,
+    load_or_failure,
+    process_item,
+    record_lost,
+    scrub,
+    timed_loader,
+)
+from medseg.batch.publish import remove_item_temps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelSource", "run_in_workers"]
+__all__ = ["ModelSource", "largest_first", "run_in_workers"]
 
 _POLL_S = 0.5
 
@@ -54,15 +73,34 @@ class ModelSource:
         )
 
 
+def largest_first(items: Sequence[WorkItem]) -> list[WorkItem]:
+    """``items`` by decreasing number of input files (DICOM slices), ties in their order: the hand-out order."""
+    from medseg.data.dicom import SeriesInfo
+
+    def size(item: WorkItem) -> int:
+        return sum(len(s.files) if isinstance(s, SeriesInfo) else 1 for s in item.sources.values())
+
+    return sorted(items, key=size, reverse=True)
+
+
+def _next_item(conn: Connection) -> WorkItem | None:
+    """Ask the parent for an item; ``None`` when there is no more work (or the parent is gone)."""
+    try:
+        conn.send(("want",))
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
 def _worker(
     index: int,
     model: ModelSource,
-    items: list[WorkItem],
     ctx: RunContext,
     ledger_path: Path,
     threads: int,
-    results: Any,
+    conn: Connection,
     level: int,
+    setup: Callable[[], None] | None,
 ) -> None:
     logging.basicConfig(level=level, format=f"%(levelname)s worker{index} %(name)s: %(message)s")
     import signal
@@ -76,66 +114,171 @@ def _worker(
 
     torch.set_num_threads(threads)
     try:
+        if setup is not None:
+            setup()
         predictor = model.load()
-        with Ledger.open(ledger_path) as ledger:
-            run_items(items, predictor, ledger, ctx, results.put)
+        load = timed_loader(predictor.spec, ctx.root)
+        with Ledger.open(ledger_path) as ledger, ThreadPoolExecutor(1, thread_name_prefix="medseg-read") as pool:
+            item = _next_item(conn)
+            reading = None if item is None else pool.submit(load_or_failure, load, item)
+            while reading is not None:
+                loaded = reading.result()
+                item = _next_item(conn)  # read the next item while this one is computed
+                reading = None if item is None else pool.submit(load_or_failure, load, item)
+                conn.send(("done", process_item(loaded, predictor, ledger, ctx)))
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal; the parent reports it
         return
-    except Exception as exc:  # reported to the parent; the items left stay PENDING for the next run
+    except Exception as exc:  # reported to the parent, which settles this worker's items
         logger.error("worker %d stopped: %s", index, scrub(f"{type(exc).__name__}: {exc}", ctx.root, []))
-        results.put(("error", index, type(exc).__name__))
+        _send(conn, ("error", type(exc).__name__))
         raise SystemExit(1) from None
-    results.put(("end", index, ""))
+    _send(conn, ("end",))
+
+
+def _send(conn: Connection, msg: tuple) -> None:
+    try:
+        conn.send(msg)
+    except (BrokenPipeError, OSError):
+        pass
+
+
+class _Dispatcher:
+    """The parent's side: hands items to workers that ask, tracks what each holds, settles dead workers."""
+
+    def __init__(self, items: Sequence[WorkItem], ctx: RunContext, ledger: Ledger, on_outcome) -> None:
+        self.pending = collections.deque(largest_first(items))
+        self.ctx, self.ledger, self.on_outcome = ctx, ledger, on_outcome
+        self.held: dict[int, dict[str, tuple[WorkItem, float]]] = collections.defaultdict(dict)
+
+    def handle(self, i: int, conn: Connection, msg: tuple) -> bool:
+        """Act on a message of worker ``i``; False when the worker has finished (``end``/``error``)."""
+        if msg[0] == "want":
+            item = self.pending.popleft() if self.pending else None
+            if item is not None:
+                self.held[i][item.key] = (item, time.time())
+            try:
+                conn.send(item)
+            except (BrokenPipeError, OSError):  # died meanwhile: the sentinel settles it
+                pass
+            return True
+        if msg[0] == "done":
+            outcome: ItemOutcome = msg[1]
+            if self.held[i].pop(outcome.key, None) is not None:  # not yet settled as lost
+                self.on_outcome(dataclasses.replace(outcome, worker=f"worker{i}"))
+            return True
+        if msg[0] == "error":
+            logger.error("worker %d could not go on (%s)", i, msg[1])
+        return False
+
+    def settle(self, i: int, why: str) -> None:
+        """Worker ``i`` is gone: settle the items it held (FAILED if it was computing one, else handed out again)."""
+        for key, (item, assigned_at) in sorted(self.held.pop(i, {}).items(), key=lambda kv: -kv[1][1]):
+            outcome = record_lost(item, self.ledger, self.ctx, assigned_at=assigned_at, why=why)
+            if outcome is None:
+                logger.info("item %s: read ahead by worker %d only; handed to another worker", key, i)
+                self.pending.appendleft(item)
+            else:
+                self.on_outcome(dataclasses.replace(outcome, worker=f"worker{i}"))
 
 
 def run_in_workers(
     items: Sequence[WorkItem],
     model: ModelSource,
     ctx: RunContext,
-    ledger_path: Path,
+    ledger: Ledger,
     workers: int,
     on_outcome: Callable[[ItemOutcome], None],
+    *,
+    devices: Sequence[str] | None = None,
+    setup: Callable[[], None] | None = None,
 ) -> list[int]:
-    """Process ``items`` in ``workers`` spawned processes; returns the indices of workers that did not finish."""
+    """Process ``items`` in ``workers`` spawned processes fed from one queue; returns the workers that broke.
+
+    Args:
+        ledger: the run's ledger (open in this process; each worker opens the same file).
+        devices: the device of each worker (default: ``model.device`` for all).
+        setup: a picklable callable run in each worker before the model is loaded (e.g. to register a custom
+            network in :data:`medseg.nets.registry.NETWORKS`).
+    """
     ctx_mp = mp.get_context("spawn")
-    results = ctx_mp.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    n = min(workers, len(items))
+    devices = list(devices) if devices is not None else [model.device] * n
+    threads = max(1, (os.cpu_count() or 1) // max(n, 1))
     level = logging.getLogger("medseg").getEffectiveLevel()
-    procs = {
-        i: ctx_mp.Process(
+    dispatcher = _Dispatcher(items, ctx, ledger, on_outcome)
+    conns: dict[int, Connection] = {}
+    procs: dict[int, Any] = {}
+    for i in range(n):
+        parent_end, child_end = ctx_mp.Pipe(duplex=True)
+        source = dataclasses.replace(model, device=devices[i])
+        procs[i] = ctx_mp.Process(
             target=_worker,
-            args=(i, model, list(items[i::workers]), ctx, ledger_path, threads, results, level),
+            args=(i, source, ctx, ledger.path, threads, child_end, level, setup),
             name=f"medseg-batch-worker{i}",
             daemon=True,
         )
-        for i in range(min(workers, len(items)))
-    }
-    for p in procs.values():
-        p.start()
+        conns[i] = parent_end
+        procs[i].start()
+        child_end.close()
+        logger.info("worker %d: device %s", i, devices[i])
     running = set(procs)
     broken: list[int] = []
+    finished = False
     try:
         while running:
-            try:
-                msg = results.get(timeout=_POLL_S)
-            except queue.Empty:
-                for i in sorted(i for i in running if not procs[i].is_alive()):  # gone without an end marker
-                    logger.error("worker %d stopped unexpectedly (exit code %s)", i, procs[i].exitcode)
-                    running.discard(i)
-                    broken.append(i)
-                continue
-            if isinstance(msg, ItemOutcome):
-                on_outcome(msg)
-            elif msg[0] == "end":
-                running.discard(msg[1])
-            elif msg[0] == "error":
-                logger.error("worker %d could not run (%s)", msg[1], msg[2])
-                running.discard(msg[1])
-                broken.append(msg[1])
+            by_conn = {conns[i]: i for i in running}
+            by_sentinel = {procs[i].sentinel: i for i in running}
+            ready = wait([*by_conn, *by_sentinel], timeout=_POLL_S)
+            gone = set()
+            for obj in ready:
+                if obj in by_conn:
+                    i = by_conn[obj]
+                    try:
+                        msg = obj.recv()
+                    except (EOFError, OSError):
+                        gone.add(i)
+                        continue
+                    if not dispatcher.handle(i, obj, msg):
+                        running.discard(i)
+                        if msg[0] == "error":
+                            broken.append(i)
+                            dispatcher.settle(i, f"worker {i} stopped ({msg[1]})")
+                elif by_sentinel[obj] in running:
+                    gone.add(by_sentinel[obj])
+            for i in sorted(gone & running):
+                _drain(i, conns[i], dispatcher)
+                procs[i].join(timeout=5)
+                logger.error("worker %d stopped unexpectedly (exit code %s)", i, procs[i].exitcode)
+                running.discard(i)
+                broken.append(i)
+                dispatcher.settle(i, f"the worker process stopped (exit code {procs[i].exitcode})")
+        if dispatcher.pending:
+            logger.error(
+                "no worker left: %d item(s) stay PENDING for the next run", len(dispatcher.pending)
+            )
+        finished = True
     finally:
-        for p in procs.values():
-            p.join(timeout=10)
+        for i, p in procs.items():
+            if not finished and p.is_alive():
+                p.terminate()  # SIGTERM: the worker rolls its case back and stops
+            p.join(timeout=10 if finished else 30)
             if p.is_alive():
-                p.terminate()
+                p.kill()
                 p.join(timeout=5)
+            conns[i].close()
+        if not finished:
+            for i in list(dispatcher.held):
+                for item, _at in dispatcher.held[i].values():
+                    remove_item_temps(ctx.output, item.key)
     return sorted(set(broken))
+
+
+def _drain(i: int, conn: Connection, dispatcher: _Dispatcher) -> None:
+    """Handle what a dead worker sent before it died (its last outcome may still be in the pipe)."""
+    try:
+        while conn.poll():
+            msg = conn.recv()
+            if msg[0] == "done":
+                dispatcher.handle(i, conn, msg)
+    except (EOFError, OSError):
+        pass
