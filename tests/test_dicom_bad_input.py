@@ -363,3 +363,18 @@ def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         read_dicom(tmp_path / "empty")
     assert err.value.code == ReasonCode.NO_SERIES and "a.txt" in str(err.value)
+
+
+def test_a_slice_without_series_uid_refuses_its_folder_and_never_crashes_a_batch(tmp_path: Path) -> None:
+    """Found by the batch fuzz: an empty SeriesInstanceUID made discovery raise and the whole run die."""
+    import pydicom
+
+    _, files = _series(tmp_path / "s")
+    ds = pydicom.dcmread(files[0])
+    ds.SeriesInstanceUID = ""
+    ds.save_as(files[0])
+
+    scan, series = _only_series(tmp_path)
+
+    assert _codes(scan.problems) == {"s/IM00001.dcm": "UNREADABLE"}
+    assert [(p.code.value, p.path) for p in series.problems][:1] == [("UNREADABLE", "s/IM00001.dcm")]

@@ -357,6 +357,13 @@ def scan_dicom_files(
             if result.series_uid:
                 damaged.setdefault(result.series_uid, []).append(result.problem)
             logger.debug("skipped a file: %s", result.problem.code.value)  # no path: folders may name patients
+        elif any(not h.series_uid.strip() for h in result):  # a damaged or absent UID: no series to join
+            lost = SkippedFile(Problem(
+                ReasonCode.UNREADABLE, relative_name(Path(f).absolute(), root),
+                "no SeriesInstanceUID: the slice cannot be placed in a series",
+            ))  # fmt: skip
+            problems.append(lost.problem)
+            skipped.append((Path(f).absolute().parent, lost))
         else:
             headers.extend(result)
     series = [
