@@ -10,7 +10,6 @@ old one to a temp name first; every temp name starts with :data:`medseg.atomic.T
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import secrets
@@ -22,6 +21,7 @@ from pathlib import Path
 from medseg.atomic import TEMP_PREFIX
 from medseg.batch.naming import KEY_FILE
 from medseg.errors import MedsegError
+from medseg.hashing import file_sha256 as sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 LOCK_FILE = ".medseg-lock"
-_CHUNK = 1 << 20
 
 
 class OutputLockedError(MedsegError, RuntimeError):
@@ -111,12 +110,6 @@ def new_temp_folder(output: Path, key: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{key}-", dir=output))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checksum_folder(folder: Path) -> dict[str, str]:

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from medseg.atomic import atomic_write_text
+from medseg.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ __all__ = [
 
 REPORT_FORMAT = "medseg-case-report"
 REPORT_VERSION = 1
-_CHUNK = 1 << 20
 _COUNT_CHUNK = 1 << 22
 _UID_FIELDS = {
     "series_uid": "series_uid_hash",
@@ -74,13 +74,6 @@ _UID_FIELDS = {
 # ------------------------------------------------------------------------------------------------ hashes
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _plain(value: Any) -> Any:

@@ -118,6 +118,20 @@ def _plan(rng: np.random.Generator, original: bytes, elements: list, targeted: b
     return ("truncate" if truncate else "flip"), offset
 
 
+def mutate(
+    rng: np.random.Generator, original: bytes, elements: list, targeted: bool
+) -> tuple[bytes, str, int, tuple[str, int | None]]:
+    """One mutant of ``original``: (bytes, "truncate" | "flip", offset, (category, tag))."""
+    kind, offset = _plan(rng, original, elements, targeted)
+    if kind == "truncate":
+        mutated = original[:offset]
+    else:
+        buf = bytearray(original)
+        buf[offset] ^= int(rng.integers(1, 256))
+        mutated = bytes(buf)
+    return mutated, kind, offset, _category(len(original), elements, offset, kind == "truncate")
+
+
 class _Timeout(Exception):
     pass
 
@@ -153,14 +167,7 @@ def run_fuzz(
         for i in range(n_mutants):
             victim = [0, N_SLICES // 2, N_SLICES - 1][int(rng.integers(3))]
             original, elements = originals[victim], maps[victim]
-            kind, offset = _plan(rng, original, elements, targeted=i % 2 == 1)
-            if kind == "truncate":
-                mutated = original[:offset]
-            else:
-                buf = bytearray(original)
-                buf[offset] ^= int(rng.integers(1, 256))
-                mutated = bytes(buf)
-            category, tag = _category(len(original), elements, offset, kind == "truncate")
+            mutated, kind, offset, (category, tag) = mutate(rng, original, elements, targeted=i % 2 == 1)
             m = Mutant(i, victim, kind, offset, category, tag)
             if only is not None and i not in only:
                 continue

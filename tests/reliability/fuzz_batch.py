@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from fuzz import N_SLICES, _category, _plan
+from fuzz import N_SLICES, mutate
 from inputs import CANARY_FOLDER, element_map, write_ct
 
 from medseg.checkpoint import ModelSpec
@@ -78,15 +78,9 @@ def _write_archive(root: Path, n: int, seed: int) -> tuple[list[np.ndarray], np.
         victim = [0, N_SLICES // 2, N_SLICES - 1][int(rng.integers(3))]
         original = files[victim].read_bytes()
         elements = element_map(files[victim])
-        kind, offset = _plan(rng, original, elements, targeted=i % 2 == 1)
-        if kind == "truncate":
-            mutated = original[:offset]
-        else:
-            buf = bytearray(original)
-            buf[offset] ^= int(rng.integers(1, 256))
-            mutated = bytes(buf)
+        mutated, _kind, _offset, category = mutate(rng, original, elements, targeted=i % 2 == 1)
         files[victim].write_bytes(mutated)
-        categories.append(_category(len(original), elements, offset, kind == "truncate"))
+        categories.append(category)
     return expected, affine, categories
 
 
