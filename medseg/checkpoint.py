@@ -108,6 +108,11 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def nonfinite_weights(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` that hold NaN or infinite values."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def capture_rng() -> dict[str, Any]:
     """The state of Python's, NumPy's and torch's global generators as weights_only-safe data."""
     np_state = np.random.get_state()

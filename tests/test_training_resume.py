@@ -128,3 +128,31 @@ def test_resume_refuses_a_different_model(tmp_path):
         train(tiny_config(), tmp_path / "work", datalist=dataset)
     with pytest.raises(ConfigError, match="checkpoint file not found"):
         train(tiny_config(), tmp_path / "empty", resume=True, datalist=dataset)
+
+
+def test_a_damaged_last_checkpoint_resumes_from_the_one_before(tmp_path, caplog):
+    """last.pt truncated (a copy cut short, a disk fault): --resume takes last-previous.pt, repeats that epoch and
+    ends with the weights the run had; with both damaged it refuses, giving both reasons."""
+    dataset = write_tiny_perfusion(tmp_path / "data", n=4)
+    config = tiny_config(train={"epochs": 3})
+    work = tmp_path / "work"
+    train(config, work, datalist=dataset)
+    folder = work / "checkpoints"
+    last = folder / "last.pt"
+    finished = load_checkpoint(last)
+    assert finished.epoch == 2 and load_checkpoint(folder / "last-previous.pt").epoch == 1
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
+
+    seen = Seen()
+    with caplog.at_level("WARNING", logger="medseg.training.run"):
+        resumed = train(config, work, resume=True, datalist=dataset, tracker=seen)
+    assert "resuming from the checkpoint before it, last-previous.pt" in caplog.text
+    assert seen.resumed_from == 1 and seen.epochs == [2]  # the lost epoch again, not the whole run
+    again = load_checkpoint(resumed.last_checkpoint)
+    for key in finished.state_dict:
+        assert torch.equal(again.state_dict[key], finished.state_dict[key]), key
+
+    for name in ("last.pt", "last-previous.pt"):
+        (folder / name).write_bytes(b"damaged")
+    with pytest.raises(ConfigError, match="no usable checkpoint: .*last.pt.*last-previous.pt"):
+        train(tiny_config(train={"epochs": 4}), work, resume=True, datalist=dataset)

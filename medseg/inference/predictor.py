@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from medseg.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint
+from medseg.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, nonfinite_weights
 from medseg.errors import ConfigError
 from medseg.inference.invert import LabelInverter, label_dtype_for
 from medseg.inference.postprocess import Postprocess
@@ -111,7 +111,7 @@ def check_weights(network: torch.nn.Module, ckpt: Checkpoint, where: str) -> Non
             problems.append(f"{len(keys)} {what} weight(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
     for k in shapes[:3]:
         problems.append(f"{k} has shape {list(given[k])}, the network needs {list(expected[k])}")
-    bad = [k for k, v in ckpt.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = nonfinite_weights(ckpt.state_dict)
     if bad:
         problems.append(f"{len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])})")
     if problems:

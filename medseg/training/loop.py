@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -137,6 +138,17 @@ class Trainer:
     @property
     def best_path(self) -> Path:
         return self.checkpoint_dir / "best.pt"
+
+    @property
+    def previous_path(self) -> Path:
+        """The ``last.pt`` of the epoch before: what ``--resume`` falls back to when ``last.pt`` is unusable."""
+        return self.checkpoint_dir / "last-previous.pt"
+
+    def _save_last(self, ckpt: Checkpoint) -> None:
+        """Keep the current ``last.pt`` as :attr:`previous_path` (a rename), then write the new one atomically."""
+        if self.last_path.is_file():
+            os.replace(self.last_path, self.previous_path)
+        save_checkpoint(self.last_path, ckpt)
 
     # ------------------------------------------------------------------------------------------------ steps
     def train_step(self, batch: Mapping[str, Any], epoch: int, step: int) -> dict[str, float]:
@@ -318,7 +330,7 @@ class Trainer:
             if writes and not validating and last:  # nothing to choose by: the final weights are the model
                 save_checkpoint(self.best_path, self._checkpoint(epoch, record, full=False))
             if writes:
-                save_checkpoint(self.last_path, self._checkpoint(epoch, record, full=True))
+                self._save_last(self._checkpoint(epoch, record, full=True))
             self.clock.note_checkpoint(time.perf_counter() - t)
             if val:
                 best = {"best/dice_mean": st.best_metric, "best/epoch": float(st.best_epoch or 0)}

@@ -27,7 +27,7 @@ import yaml
 
 from medseg._version import __version__
 from medseg.atomic import atomic_write_text
-from medseg.checkpoint import CheckpointError, ModelSpec, load_checkpoint
+from medseg.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, nonfinite_weights
 from medseg.config import MedsegConfig, apply_overrides, from_dict, load_config, to_dict
 from medseg.errors import ConfigError
 from medseg.inference.predictor import resolve_device
@@ -120,6 +120,30 @@ def _cache_key(config: MedsegConfig, needs_dist: bool) -> str:
         "medseg": __version__,
     }
     return "v" + hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _resume_checkpoint(trainer: Trainer, device: torch.device) -> tuple[Checkpoint, Path]:
+    """``last.pt``, or the one before it when ``last.pt`` is missing or damaged (truncated, bit rot, NaN weights):
+    a run then repeats one epoch instead of being lost.
+
+    Raises:
+        ConfigError: neither checkpoint is usable (both reasons given).
+    """
+    reasons = []
+    for path in (trainer.last_path, trainer.previous_path):
+        try:
+            ckpt = load_checkpoint(path, map_location=device)
+        except CheckpointError as exc:
+            reasons.append(str(exc))
+            continue
+        bad = nonfinite_weights(ckpt.state_dict)
+        if bad:
+            reasons.append(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values")
+            continue
+        if reasons:
+            logger.warning("--resume: %s; resuming from the checkpoint before it, %s", reasons[0], path.name)
+        return ckpt, path
+    raise ConfigError("--resume: no usable checkpoint: " + "; ".join(reasons))
 
 
 def _check_resumable(spec: ModelSpec, saved: ModelSpec, path: Path) -> None:
@@ -289,14 +313,11 @@ def train(
         )
         resumed_from = None
         if resume:
-            try:
-                ckpt = load_checkpoint(trainer.last_path, map_location=device)
-            except CheckpointError as exc:
-                raise ConfigError(f"--resume: {exc}") from exc
-            _check_resumable(spec, ckpt.spec, trainer.last_path)
+            ckpt, path = _resume_checkpoint(trainer, device)
+            _check_resumable(spec, ckpt.spec, path)
             trainer.restore(ckpt)
             resumed_from = ckpt.epoch
-            logger.info("resuming after epoch %d from %s", ckpt.epoch, trainer.last_path)
+            logger.info("resuming after epoch %d from %s", ckpt.epoch, path)
         notify(
             tracker,
             "on_start",
