@@ -313,3 +313,29 @@ def test_a_full_disk_fails_the_case_or_stops_the_run_with_one_line_and_nothing_p
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert set(_statuses(out).values()) == {"DONE"} and len(list(out.glob("*/label.nii.gz"))) == 1
+
+
+def test_hostile_file_names_are_data_never_commands(tmp_path, monkeypatch):
+    """Folder and file names with ';', '$(...)', back-quotes and newlines are segmented like any other and listed
+    verbatim where paths are listed (quarantine.csv, a real CSV); nothing is ever run."""
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+    from test_batch_support import NAME_KEY, threshold_predictor, write_good_study
+
+    from medseg.batch import QUARANTINE_CSV, segment_archive
+
+    monkeypatch.chdir(tmp_path)  # a command that ran would leave PWNED here or in the archive
+    archive = tmp_path / "archive"
+    hostile = "a;touch PWNED;$(touch PWNED)`touch PWNED`\nb"
+    study = write_good_study(archive / hostile, 0)
+    (archive / f"x;$(touch PWNED)\n.nii.gz").write_bytes(b"not a nifti")  # a broken file with a hostile name
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), archive / "ok $(touch PWNED);.nii.gz")
+    summary = segment_archive(archive, tmp_path / "out", threshold_predictor(), name_key=NAME_KEY, progress=False,
+                              formats=("nifti", "report"))  # fmt: skip
+    assert study.exists() and summary.done == 2 and summary.quarantined == 1, summary.table()
+    assert not list(tmp_path.rglob("PWNED"))
+    with open(tmp_path / "out" / QUARANTINE_CSV, newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["item_path"] == "x;$(touch PWNED)\n.nii.gz"
