@@ -118,7 +118,9 @@ def test_budget_stops_the_run_with_the_final_learning_rate(dataset, tmp_path):
     assert result.history[-1]["run/progress"] == 1.0 and "val/dice_mean" in result.history[-1]  # final validation
     steps = sum(h["train/steps"] for h in result.history)
     assert steps == len(seen.lrs) >= 2
-    assert 0 < seen.lrs[-1] < seen.lrs[0] <= 0.01
+    # the last step's rate is > 0, or 0 when an epoch end (validation, checkpoint) outlasted its reserve on a loaded
+    # machine and the next epoch began with the budget spent (one step at the final rate): timing, not a rule
+    assert 0 <= seen.lrs[-1] < seen.lrs[0] <= 0.01
     assert all(a >= b for a, b in zip(seen.lrs, seen.lrs[1:], strict=False))  # poly decay, step by step
     last = load_checkpoint(result.last_checkpoint)
     assert last.extra["stopped_by"] == "budget" and last.epoch == n - 1
