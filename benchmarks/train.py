@@ -1,144 +1,247 @@
-"""Benchmark: medseg's training step (UNet and UNet++ at the demo width) next to MONAI's BasicUNet / BasicUNetPlusPlus.
+"""Benchmark: one training step of medseg's UNet / UNet++ next to MONAI's nets at equal width: time and peak RSS.
 
-For each network family, on one cubic patch (default 96^3, batch 1, 1 input channel, 2 classes), in one run:
+Models (``--models``, all by default), each built with the widths ``--features`` (default 16 32 64 128 256),
+instance norm with affine parameters, LeakyReLU(0.01), 1 input channel, 2 classes:
 
-* ``bare``: forward + cross-entropy + backward + AdamW step (the step of ``benchmarks/nets.py``) of
-  - medseg at the demo width (``network.features`` of ``configs/demo.yaml``, e.g. 4 levels 8..64),
-  - MONAI ``BasicUNet`` / ``BasicUNetPlusPlus``, whose depth is fixed at 5 levels: the demo widths continued by
-    doubling (8..128, plus MONAI's final width 8; see ``benchmarks/nets.py`` for the width mapping),
-  - medseg at those same 5 levels (the like-for-like comparison with MONAI);
-* ``full``: medseg's real training step, :meth:`medseg.training.Trainer.train_step`, with the demo config's loss
-  (Dice + CE + boundary, with distance maps), deep supervision setting and gradient clipping.
+* ``medseg_unet``, ``medseg_unetpp``: medseg's nets as training runs them (``memory_format="auto"``: channels-last
+  3D on the CPU where a one-off measurement finds it faster, see ``medseg/nets/blocks.py``);
+* ``medseg_unet_contiguous``, ``medseg_unetpp_contiguous``: the same nets forced to the default layout (how medseg
+  ran before channels-last; the "before" of the change);
+* ``monai_basicunet``, ``monai_basicunetpp``: MONAI ``BasicUNet`` / ``BasicUNetPlusPlus`` with
+  ``features=(*features, features[0])`` (MONAI's sixth entry is the width after the last upsampling);
+* ``monai_unet``: MONAI ``UNet`` with ``channels=features`` and stride-2 convolutions (``strides=(2,) * depth``).
 
-Steps are timed in alternating pairs (``benchmarks/_timing.py: time_pair``) so load changes hit both alike; the
-table gives the median and the fastest of ``--repeats`` runs after ``--warmup``.
+A step is forward + cross-entropy + backward + AdamW on a random ``--batch`` x 1 x ``--size``^3 patch. Each model
+runs in its own subprocess (so its peak RSS is its own: ``ru_maxrss`` of the child; "train MB" is the peak minus
+the RSS once the model and data exist, i.e. what the steps add), ``--warmup`` untimed steps then ``--steps`` timed
+ones. The children are run in alternation for ``--rounds`` rounds (so load changes on a shared machine hit all
+models alike) and the table gives the median wall time and CPU time of all timed steps. Ratios: medseg UNet over
+MONAI BasicUNet and over MONAI UNet, medseg UNet++ over MONAI BasicUNetPlusPlus (below 1: medseg is faster).
+The CPU-time ratio is the steadier one on a loaded machine. MONAI's ``UNet`` is not the same amount of work at
+equal width: one convolution per level, the first one already strided, so no 3x3 convolution runs at full
+resolution (``--flops`` prints each model's forward GFLOP to show it).
 
-Usage: ``python benchmarks/train.py [--quick] [--size 96] [--repeats 3] [--threads N] [--config configs/demo.yaml]``
+The contiguous variants run only with ``--before`` (or when named in ``--models``). About 4-5 min on 2 shared
+cores with the defaults.
+
+Usage: ``python benchmarks/train.py [--size 48] [--batch 2] [--steps 3] [--warmup 2] [--rounds 2] [--threads N]
+[--flops] [--before] [--models medseg_unet monai_basicunet ...]``; ``--quick``: 48^3, 1 warm-up, 2 steps, 1 round.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
+import time
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import add_timing_arguments, parse_timing_arguments, time_pair  # noqa: E402
-from nets import build_pairs  # noqa: E402  (benchmarks/nets.py)
-from nets import train_step as bare_step  # noqa: E402
-
-from medseg.config import load_config  # noqa: E402
-from medseg.losses import DeepSupervisionLoss  # noqa: E402
-from medseg.nets import build_network  # noqa: E402
-from medseg.training import Trainer  # noqa: E402
-from medseg.training.optim import build_optimizer, build_poly_schedule  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
-QUICK_REPEATS = 2
+MODELS = (
+    "medseg_unet",
+    "monai_basicunet",
+    "monai_unet",
+    "medseg_unetpp",
+    "monai_basicunetpp",
+    "medseg_unet_contiguous",
+    "medseg_unetpp_contiguous",
+)
+#: (ours, reference) pairs printed as ratios of median step times.
+RATIOS = (
+    ("medseg_unet", "monai_basicunet"),
+    ("medseg_unet", "monai_unet"),
+    ("medseg_unetpp", "monai_basicunetpp"),
+    ("medseg_unet", "medseg_unet_contiguous"),
+    ("medseg_unetpp", "medseg_unetpp_contiguous"),
+)
 
 
-def five_levels(features: tuple[int, ...]) -> tuple[int, ...]:
-    """MONAI's basic nets have 5 levels: keep the demo widths and continue them by doubling (or cut to 5)."""
-    out = list(features[:5])
-    while len(out) < 5:
-        out.append(out[-1] * 2)
-    return tuple(out)
+def build_model(name: str, features: tuple[int, ...]):
+    """The network ``name`` (one of :data:`MODELS`) at widths ``features``."""
+    import torch
+
+    torch.manual_seed(0)
+    common = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2}
+    if name.startswith("medseg_"):
+        from medseg.nets import build_network
+
+        kind = "unetpp" if name.startswith("medseg_unetpp") else "unet"
+        net = build_network(kind, features=list(features), norm="instance", activation="leakyrelu", **common)
+        if name.endswith("_contiguous"):
+            net.memory_format = "contiguous"
+        return net
+    act = ("LeakyReLU", {"negative_slope": 0.01, "inplace": True})
+    norm = ("instance", {"affine": True})
+    if name == "monai_unet":
+        from monai.networks.nets import UNet
+
+        return UNet(channels=features, strides=(2,) * (len(features) - 1), act=act, norm=norm, **common)
+    from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
+
+    if len(features) != 5:
+        raise SystemExit(f"MONAI's basic nets have 5 levels; --features has {len(features)}")
+    cls = BasicUNetPlusPlus if name == "monai_basicunetpp" else BasicUNet
+    return cls(features=(*features, features[0]), act=act, norm=norm, **common)
 
 
-def full_step(config, kind: str, size: int, device: torch.device, workdir: Path) -> Callable[[], None]:
-    """medseg's Trainer.train_step with the config's loss, deep supervision and clipping on one random patch."""
-    net = build_network(**{**config.network.build_kwargs(3, 1, 2), "name": kind}).to(device)
-    loss = DeepSupervisionLoss(config.loss.build(), config.loss.deep_supervision_weights)
-    tc = config.train
-    optimizer = build_optimizer(
-        net.parameters(), tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.nesterov
+def _rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (Linux reports ``ru_maxrss`` in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args: argparse.Namespace) -> int:
+    """Time ``args.child`` in this process and print one JSON line: step times, CPU times, peak RSS."""
+    import torch
+    from torch import nn
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    net = build_model(args.child, tuple(args.features))
+    x = torch.randn(args.batch, 1, *(args.size,) * 3)
+    target = torch.randint(0, 2, (args.batch, *(args.size,) * 3))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    base_rss = _rss_mb()
+    gflop = 0.0
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            net(x)
+        gflop = counter.get_total_flops() / 1e9
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = net(x)
+        loss_fn(out[0] if isinstance(out, (list, tuple)) else out, target).backward()
+        optimizer.step()
+
+    net.train()
+    for _ in range(args.warmup):
+        step()
+    wall, cpu = [], []
+    for _ in range(args.steps):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    peak = _rss_mb()
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "cpu": cpu,
+                "peak_mb": peak,
+                "train_mb": peak - base_rss,
+                "gflop": gflop,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
     )
-    trainer = Trainer(
-        net,
-        loss,
-        optimizer,
-        build_poly_schedule(optimizer, tc.epochs, tc.poly_power),
-        spec=None,
-        loaders=lambda epoch: [],
-        validate=lambda epoch: ({}, []),
-        checkpoint_dir=workdir,
-        epochs=tc.epochs,
-        device=device,
-        amp=tc.amp,
-        grad_clip=tc.grad_clip,
-    )
-    label = (torch.rand(1, 1, size, size, size) > 0.8).float()
-    batch = {
-        "image": torch.randn(1, 1, size, size, size),
-        "label": label,
-        "dist": torch.randn(1, 2, size, size, size),
-    }
-    return lambda: trainer.train_step(batch, 0, 0) and None
+    return 0
 
 
-def _row(name: str, times: list[float], ref: float | None = None) -> str:
-    med = statistics.median(times)
-    ratio = f"{med / ref:>6.2f}" if ref else ""
-    return f"{name:<62} {med:>8.2f} {min(times):>8.2f} {ratio:>8}"
+def run_child(name: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        name,
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--features",
+        *map(str, args.features),
+    ]
+    if args.flops:
+        cmd.append("--flops")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_timing_arguments(parser, repeats=3, quick_repeats=QUICK_REPEATS)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
-    args, device = parse_timing_arguments(parser, argv, quick_repeats=QUICK_REPEATS)
-    config = load_config(args.config)
-    demo = tuple(config.network.features)
-    deep = five_levels(demo)
-    torch.manual_seed(0)
-    x = torch.randn(1, 1, *(args.size,) * 3, device=device)
-    target = torch.randint(0, 2, (1, *(args.size,) * 3), device=device)
-    print(
-        f"training step, patch {args.size}^3, batch 1, 1 -> 2 channels, device {device}, threads "
-        f"{torch.get_num_threads()}, torch {torch.__version__}; demo width {demo} ({args.config}); "
-        f"median of {args.repeats} after {args.warmup} warm-up"
+    parser.add_argument("--size", type=int, default=48, help="edge of the cubic patch (default 48)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128, 256], metavar="F")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model and round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over all models")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
-    header = f"{'step':<62} {'median s':>8} {'min s':>8} {'/MONAI':>8}"
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS[:5]))
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help="add the medseg nets in the contiguous layout (before channels-last)",
+    )
+    parser.add_argument("--quick", action="store_true", help="48^3, 1 warm-up, 2 steps, 1 round")
+    parser.add_argument("--flops", action="store_true", help="also count forward GFLOP (one more forward)")
+    parser.add_argument("--child", choices=MODELS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.warmup, args.steps, args.rounds = 48, 1, 2, 1
+    if args.child:
+        return child(args)
+    if args.before:
+        args.models += [m for m in MODELS if m.endswith("_contiguous") and m not in args.models]
+
+    results: dict[str, dict[str, list[float]]] = {
+        m: {"wall": [], "cpu": [], "peak": [], "train": []} for m in args.models
+    }
+    info: dict = {}
+    start = time.perf_counter()
+    for _ in range(args.rounds):
+        for name in args.models:
+            out = run_child(name, args)
+            info = out
+            for key, src in (("wall", "wall"), ("cpu", "cpu")):
+                results[name][key] += out[src]
+            results[name]["peak"].append(out["peak_mb"])
+            results[name]["train"].append(out["train_mb"])
+            results[name]["gflop"] = [out["gflop"]]
+    print(
+        f"training step (forward + CE + backward + AdamW), batch {args.batch} x 1 x {args.size}^3 -> 2 classes, "
+        f"features {tuple(args.features)}, threads {info.get('threads')}, torch {info.get('torch')}; "
+        f"{args.rounds} alternating round(s) of {args.warmup} warm-up + {args.steps} timed step(s), one subprocess "
+        f"per model and round"
+    )
+    header = f"{'model':<26} {'wall s':>7} {'(min)':>6} {'cpu s':>7} {'peak RSS MB':>12} {'train MB':>9} {'fwd GFLOP':>9}"
     print(header)
     print("-" * len(header))
-    with tempfile.TemporaryDirectory() as tmp:
-        for (ours_name, ours5, ref_name, ref), kind in zip(
-            build_pairs(deep), ("unet", "unetpp"), strict=True
-        ):
-            demo_net = build_network(
-                kind,
-                spatial_dims=3,
-                in_channels=1,
-                out_channels=2,
-                features=demo,
-                norm="instance",
-                activation="leakyrelu",
-            ).to(device)
-            ours5.to(device)
-            ref.to(device)
-            t_demo, t_ref = time_pair(
-                (bare_step(demo_net, x, target), bare_step(ref, x, target)), args.warmup, args.repeats, device
+    medians: dict[str, float] = {}
+    for name, r in results.items():
+        medians[name] = statistics.median(r["wall"])
+        print(
+            f"{name:<26} {medians[name]:>7.2f} {min(r['wall']):>6.2f} {statistics.median(r['cpu']):>7.2f} "
+            f"{max(r['peak']):>12.0f} {max(r['train']):>9.0f} {r['gflop'][0] if args.flops else float('nan'):>9.1f}"
+        )
+    print()
+    for ours, ref in RATIOS:
+        if ours in results and ref in results:
+            time_ratio = medians[ours] / medians[ref]
+            cpu_ratio = statistics.median(results[ours]["cpu"]) / statistics.median(results[ref]["cpu"])
+            rss_ratio = max(results[ours]["train"]) / max(max(results[ref]["train"]), 1.0)
+            print(
+                f"{ours} / {ref}: step time {time_ratio:.2f}x (CPU time {cpu_ratio:.2f}x), "
+                f"train memory {rss_ratio:.2f}x"
             )
-            t_ours5, t_full = time_pair(
-                (bare_step(ours5, x, target), full_step(config, kind, args.size, device, Path(tmp))),
-                args.warmup,
-                args.repeats,
-                device,
-            )
-            ref_med = statistics.median(t_ref)
-            print(_row(f"{ours_name} demo width {demo}, bare", t_demo, ref_med))
-            print(_row(f"{ref_name} {(*deep, deep[0])}, bare", t_ref))
-            print(_row(f"{ours_name} {deep}, bare", t_ours5, ref_med))
-            print(_row(f"{ours_name} demo width, full demo step ({config.loss.name})", t_full, ref_med))
-    print(
-        "bare: forward + cross-entropy + backward + AdamW; full: medseg Trainer.train_step with the demo loss, "
-        "deep supervision and gradient clipping; /MONAI: median over the MONAI net's median (bare)"
-    )
+    print(f"(total {time.perf_counter() - start:.0f} s; wall/cpu: medians over all timed steps)")
     return 0
 
 

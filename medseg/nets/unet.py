@@ -88,5 +88,5 @@ class UNet(UNetFamily):
                 aux.append(crop_padding(self.aux_heads[level - 1](x), pads, scale=2**level))
         out = crop_padding(self.head(x), pads)
         if supervise:
-            return [out, *reversed(aux)]
-        return out
+            return self._contiguous([out, *reversed(aux)])
+        return self._contiguous(out)

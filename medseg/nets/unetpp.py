@@ -136,5 +136,7 @@ class UNetPlusPlus(UNetFamily):
         depth = self.depth if self.training or self.prune_depth is None else self.prune_depth
         top = self._top_row(x, depth)
         if self.training and self.deep_supervision:
-            return [crop_padding(self._head(j)(top[j - 1]), pads) for j in range(depth, 0, -1)]
-        return crop_padding(self._head(depth)(top[depth - 1]), pads)
+            return self._contiguous(
+                [crop_padding(self._head(j)(top[j - 1]), pads) for j in range(depth, 0, -1)]
+            )
+        return self._contiguous(crop_padding(self._head(depth)(top[depth - 1]), pads))
