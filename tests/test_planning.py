@@ -275,3 +275,30 @@ def test_medseg_plan_end_to_end(ct_set, tmp_path, capsys):
     assert config.data.channels[0].normalization["name"] == "ct_clip_zscore"
     assert config.train.batch_size == 3
     assert config.network.features == overlay["network"]["features"]
+
+
+def test_labels_that_are_one_object_in_every_case_get_the_largest_component_postprocessing():
+    from dataclasses import replace
+
+    from medseg.planning.rules import single_object_labels
+
+    labels = {0: "background", 1: "brain", 2: "lesion"}
+    fp = replace(_fingerprint([(128, 128, 96)] * 3, [(1.0, 1.0, 1.0)] * 3), labels=labels)
+    for i, case in enumerate(fp.cases):
+        case.labels.update({1: LabelStats(5000, 5.0, 1), 2: LabelStats(40, 0.04, 1 + 2 * (i == 1))})
+    assert single_object_labels(fp)[0] == [1]
+    config = from_dict(MedsegConfig, {
+        "data": {"channels": [{"name": "CT", "normalization": {"name": "zscore"}}], "labels": labels},
+        "network": {"name": "unet", "options": {"norm": "instance"}},
+    })  # fmt: skip
+    plan = plan_from_fingerprint(fp, config, GPU_8G)
+    assert plan.overlay["inference"]["postprocess"]["largest_component"] == [1]
+    assert "labels [2] have several objects" in next(
+        d.reason for d in plan.decisions if d.key == "inference.postprocess.largest_component"
+    )
+    _valid_overlay(plan, config)
+    # every label fragmented, or counts unmeasured (an older fingerprint): no postprocessing decided
+    for case in fp.cases:
+        case.labels.update({1: replace(case.labels[1], components=4), 2: replace(case.labels[2], components=None)})
+    plan = plan_from_fingerprint(fp, config, GPU_8G)
+    assert "postprocess" not in plan.overlay.get("inference", {})

@@ -66,10 +66,12 @@ class IntensityStats:
 
 @dataclass(frozen=True)
 class LabelStats:
-    """One label in one case: voxel count and volume in mL."""
+    """One label in one case: voxel count, volume in mL and connected objects (full connectivity; None: unmeasured,
+    in fingerprints written before it was)."""
 
     voxels: int
     volume_ml: float
+    components: int | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,13 @@ class _Pool:
     image: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
+def _components(mask: np.ndarray) -> int:
+    """Connected objects of ``mask`` (full connectivity, as the postprocessing's largest-component step counts)."""
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))[1])
+
+
 def measure_case(
     image: np.ndarray,
     label: np.ndarray,
@@ -291,7 +300,11 @@ def measure_case(
 
     voxel_ml = float(np.prod(file_spacing)) / 1000.0
     counts = np.bincount(label.reshape(-1).astype(np.int64))
-    labels = {int(v): LabelStats(int(n), float(n) * voxel_ml) for v, n in enumerate(counts) if n > 0}
+    labels = {
+        int(v): LabelStats(int(n), float(n) * voxel_ml, _components(label == v) if v else None)
+        for v, n in enumerate(counts)
+        if n > 0
+    }
     return CaseFingerprint(
         shape=shape, spacing=spacing, file_orientation=file_codes, file_shape=file_shape,
         file_spacing=file_spacing, crop_shapes=crops, foreground=stats, labels=labels,

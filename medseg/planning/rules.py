@@ -43,6 +43,11 @@ says so. Every rule below is applied by :func:`plan_from_fingerprint` and report
    (:mod:`medseg.planning.calibrate`): ``epochs = budget / (steps per epoch x step time + validation time /
    val_every)``, with steps per epoch = ceil(training cases x samples per case / batch) and the validation time
    estimated from the number of sliding windows over the median (uncropped) case at a third of a step per window.
+10. **Postprocessing** (``inference.postprocess.largest_component``): the labels that are one connected object in
+    every training case (a brain, a liver, an organ mask) keep only their largest connected component at
+    inference; stray blobs far from the object are what drives HD95 up. nnU-Net decides the same step by
+    cross-validation; here the training labels themselves decide, so planning needs no extra training. Labels
+    with several objects in some case (lesions, vessels) are left as predicted.
 """
 
 from __future__ import annotations
@@ -457,4 +462,25 @@ def plan_from_fingerprint(
         "(step estimate)", f"{cost.total_bytes / GIB:.2f} GiB",
         cost.describe() + (f"; ~{predicted:.2f} s predicted" if predicted is not None else ""), in_overlay=False,
     )
+
+    # rule 10: postprocessing
+    single, why_pp = single_object_labels(fp)
+    plan.decide("inference.postprocess.largest_component", single or False, why_pp, in_overlay=bool(single))
     return plan
+
+
+def single_object_labels(fp: Fingerprint) -> tuple[list[int], str]:
+    """Rule 10: the foreground labels that are one connected object in every case that has them."""
+    counts: dict[int, list[int]] = {}
+    for case in fp.cases:
+        for value, stats in case.labels.items():
+            if value and stats.components is not None:
+                counts.setdefault(value, []).append(stats.components)
+    single = sorted(v for v, c in counts.items() if c and max(c) == 1)
+    several = sorted(v for v, c in counts.items() if c and max(c) > 1)
+    if not counts:
+        return [], "no connected-object counts in the fingerprint"
+    why = f"one connected object in every training case: labels {single}" if single else "no label is always one object"
+    if several:
+        why += f"; labels {several} have several objects in some case: left as predicted"
+    return single, why
