@@ -339,3 +339,46 @@ def test_hostile_file_names_are_data_never_commands(tmp_path, monkeypatch):
     with open(tmp_path / "out" / QUARANTINE_CSV, newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["item_path"] == "x;$(touch PWNED)\n.nii.gz"
+
+
+def _move_alias_then_register(tracking_uri: str, name: str, version: int) -> None:
+    """Worker set-up: move ``@champion`` to another version (as a colleague registering a model mid-run would), then
+    register the thresholding network so that the worker can build the model."""
+    from mlflow import MlflowClient
+    from test_batch_support import register_threshold
+
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
+        name, "champion", str(version)
+    )
+    register_threshold()
+
+
+def test_workers_keep_the_version_an_alias_had_when_the_run_started(tmp_path):
+    """models:/NAME@champion is resolved once, by the run; workers load that version even if the alias moves while
+    they start, so every case of a run comes from one model and its provenance says which."""
+    import functools
+    import json
+
+    from test_batch_support import NAME_KEY, register_threshold, threshold_spec
+
+    from medseg.batch import ScaleOut, segment_archive
+    from medseg.tracking import RunLogger, TrackingConfig, register_model, resolve_tracking_uri
+
+    register_threshold()
+    uri = resolve_tracking_uri(None, {}, tmp_path / "mlflow")
+    for label_name in ("body", "tissue"):  # version 1, then version 2 (which takes @champion)
+        spec = threshold_spec()
+        spec.labels = {0: "background", 1: label_name}
+        ckpt = save_checkpoint(tmp_path / f"{label_name}.pt", Checkpoint({}, spec))
+        with RunLogger(TrackingConfig(experiment="alias", timeout_s=10), uri, tmp_path / "spool").start("t") as run:
+            register_model(run, ckpt, spec.to_dict(), "alias-test")
+    archive = write_archive(tmp_path / "archive", n_good=4, bad=False)
+    setup = functools.partial(_move_alias_then_register, uri, "alias-test", 1)
+    summary = segment_archive(archive.root, tmp_path / "out", "models:/alias-test@champion", tracking_uri=uri,
+                              workers=2, name_key=NAME_KEY, progress=False, formats=("nifti", "report"),
+                              scale=ScaleOut(worker_setup=setup))  # fmt: skip
+    assert summary.done == 4, summary.table()
+    for report in (tmp_path / "out").glob("*/report.json"):
+        data = json.loads(report.read_text())
+        assert list(data["labels"]) == ["tissue"], data["labels"]  # version 2's model in every case
+        assert data["provenance"]["model_version"] == "2"

@@ -155,9 +155,18 @@ def _predictor(
     pp = dict(postprocess) if isinstance(postprocess, Mapping) else postprocess
     source = ModelSource(str(model), str(device), tracking_uri, bool(tta), overlap, sw_batch_size, pp)
     if workers > 1:  # the parent only needs the spec and the weights' hash
-        cpu = dataclasses.replace(source, device="cpu")
-        return cpu.load(), source
+        predictor = dataclasses.replace(source, device="cpu").load()
+        return predictor, _pinned(source, predictor)
     return source.load(), None
+
+
+def _pinned(source: Any, predictor: Any) -> Any:
+    """``source`` naming the registered version the parent resolved (``models:/NAME/VERSION``), so that every worker
+    loads that version even if an alias such as ``@champion`` moves while the run goes on."""
+    name, version = getattr(predictor, "model_name", None), getattr(predictor, "model_version", None)
+    if not str(source.uri).startswith("models:/") or name is None or version is None:
+        return source
+    return dataclasses.replace(source, uri=f"models:/{name}/{version}")
 
 
 def _plan(
