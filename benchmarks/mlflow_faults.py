@@ -1,0 +1,132 @@
+"""Training while the tracking server is down or hangs: does it complete, what does it cost, is nothing lost?
+
+The same small training run (configs/demo.yaml on a synthetic perfusion set, a few epochs) is timed three times in
+this process, in alternation over ``--repeats`` rounds:
+
+* ``sqlite``: the embedded store (the reference);
+* ``down``: a server address where nothing listens (connection refused);
+* ``hung``: a loopback server that accepts connections and never answers (the bounded timeouts apply).
+
+For ``down`` and ``hung`` the run must complete, keep its metrics in the offline spool, and a replay of that spool
+into a SQLite store must give the run's metrics. Printed: median wall time per case and the overhead against the
+reference (the issue's target: <= 10 %). The extra time of a hung server is a fixed cost (the bounded health
+check and first call, ``tracking.timeout_s``), so the percentage depends on how long the training is: raise
+``--epochs`` to see it for a realistic run.
+
+Usage: ``python benchmarks/mlflow_faults.py [--repeats 3] [--epochs 4]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BlackHole:
+    """A loopback TCP server that accepts connections and never answers (closed when the run is over)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.held: list[socket.socket] = []
+        self.open = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while self.open:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.open = False
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
+    args = parser.parse_args()
+    for name in ("mlflow", "alembic", "medseg"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    from medseg.synthetic.dataset import write_perfusion_dataset
+    from medseg.tracking import read_spool, replay_offline, resolve_tracking_uri
+    from medseg.workflows import train_and_register
+
+    work = Path(tempfile.mkdtemp(prefix="medseg-mlflow-faults-"))
+    data = write_perfusion_dataset(work / "data", 6, shape=(32, 32, 16))
+    overrides = [
+        f"train.epochs={args.epochs}", "network.features=[8,16,32]", "train.patch_size=[16,16,8]",
+        "train.val_every=2", "train.num_workers=0", "tracking.registered_model=faults",
+    ]  # fmt: skip
+    times: dict[str, list[float]] = {"sqlite": [], "down": [], "hung": []}
+    checks: dict[str, list[str]] = {"down": [], "hung": []}
+    for r in range(args.repeats):
+        for case in times:
+            out = work / f"{case}-{r}"
+            hole = BlackHole() if case == "hung" else None
+            uri = {
+                "sqlite": resolve_tracking_uri(None, {}, out / "mlflow"),
+                "down": f"http://127.0.0.1:{_closed_port()}",
+                "hung": hole.uri if hole else "",
+            }[case]
+            start = time.perf_counter()
+            result = train_and_register("configs/demo.yaml", out, tracking_uri=uri, datalist=data,
+                                        overrides=overrides)  # fmt: skip
+            times[case].append(time.perf_counter() - start)
+            if hole is not None:
+                hole.close()
+            if case == "sqlite":
+                continue
+            report = result.tracking_report
+            ok = result.train.succeeded and report.get("offline") and report.get("spool_dir")
+            if ok:
+                spool = read_spool(report["spool_dir"])
+                target = resolve_tracking_uri(None, {}, out / "replayed")
+                replayed = replay_offline(report["spool_dir"], target)
+                ok = bool(spool) and bool(replayed)
+            checks[case].append("ok" if ok else f"FAILED: {report}")
+    ref = statistics.median(times["sqlite"])
+    summary = {
+        case: {
+            "median s": round(statistics.median(t), 2),
+            "overhead vs sqlite": f"{100 * (statistics.median(t) / ref - 1):+.1f} %",
+            "extra seconds": round(statistics.median(t) - ref, 1),  # fixed: bounded by tracking.timeout_s
+            **({"completed, spooled, replayed": checks[case]} if case in checks else {}),
+        }
+        for case, t in times.items()
+    }
+    print(json.dumps(summary, indent=2, default=str))
+    return 0 if all(c == "ok" for cs in checks.values() for c in cs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
