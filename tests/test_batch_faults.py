@@ -330,7 +330,7 @@ def test_hostile_file_names_are_data_never_commands(tmp_path, monkeypatch):
     archive = tmp_path / "archive"
     hostile = "a;touch PWNED;$(touch PWNED)`touch PWNED`\nb"
     study = write_good_study(archive / hostile, 0)
-    (archive / f"x;$(touch PWNED)\n.nii.gz").write_bytes(b"not a nifti")  # a broken file with a hostile name
+    (archive / "x;$(touch PWNED)\n.nii.gz").write_bytes(b"not a nifti")  # a broken file with a hostile name
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), archive / "ok $(touch PWNED);.nii.gz")
     summary = segment_archive(archive, tmp_path / "out", threshold_predictor(), name_key=NAME_KEY, progress=False,
                               formats=("nifti", "report"))  # fmt: skip
@@ -353,18 +353,19 @@ def _move_alias_then_register(tracking_uri: str, name: str, version: int) -> Non
     register_threshold()
 
 
-def test_workers_keep_the_version_an_alias_had_when_the_run_started(tmp_path):
+def test_workers_keep_the_version_an_alias_had_when_the_run_started(tmp_path, monkeypatch):
     """models:/NAME@champion is resolved once, by the run; workers load that version even if the alias moves while
     they start, so every case of a run comes from one model and its provenance says which."""
     import functools
     import json
 
-    from test_batch_support import NAME_KEY, register_threshold, threshold_spec
+    from test_batch_support import NAME_KEY, ThresholdNet, threshold_spec
 
     from medseg.batch import ScaleOut, segment_archive
+    from medseg.nets.registry import NETWORKS
     from medseg.tracking import RunLogger, TrackingConfig, register_model, resolve_tracking_uri
 
-    register_threshold()
+    monkeypatch.setitem(NETWORKS, "threshold", ThresholdNet)  # here; the workers register it in their set-up
     uri = resolve_tracking_uri(None, {}, tmp_path / "mlflow")
     for label_name in ("body", "tissue"):  # version 1, then version 2 (which takes @champion)
         spec = threshold_spec()
