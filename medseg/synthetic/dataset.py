@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -29,6 +30,27 @@ from medseg.synthetic.perfusion import make_perfusion_case
 from medseg.synthetic.phantoms import make_ct_phantom
 
 logger = logging.getLogger(__name__)
+
+
+def _write_case(root: Path, index: int, images: Mapping[str, np.ndarray], label: np.ndarray, affine: Any) -> dict:
+    """``root/case_NNN/<CHANNEL>.nii.gz`` + ``label.nii.gz``; the case's datalist entry (paths relative to root)."""
+    folder = root / f"case_{index:03d}"
+    paths = {
+        name: str(save_image(arr, folder / f"{name}.nii.gz", affine=affine).relative_to(root))
+        for name, arr in images.items()
+    }
+    written = save_label(label, folder / "label.nii.gz", affine=affine)
+    return {"case_id": folder.name, "channels": paths, "label": str(written.relative_to(root))}
+
+
+def _write_datalist(
+    root: Path, channels: Sequence[str], label_names: Mapping[int, str], cases: list[dict], what: str
+) -> Path:
+    meta = {"channels": list(channels), "labels": {str(k): v for k, v in label_names.items()}, "cases": cases}
+    out = root / "dataset.json"
+    atomic_write_text(out, json.dumps(meta, indent=2))
+    logger.info("wrote %d %s cases to %s", len(cases), what, root)
+    return out
 
 
 def write_perfusion_dataset(
@@ -46,19 +68,10 @@ def write_perfusion_dataset(
     label_names: dict[int, str] = {}
     for i in range(n_cases):
         case = make_perfusion_case(shape=shape, seed=seed + i, noise_scale=noise_scale)
-        folder = root / f"case_{i:03d}"
         channels = list(case.channels)
         label_names = {0: "background", **{int(k): v for k, v in case.label_names.items() if int(k) != 0}}
-        paths = {}
-        for name, arr in case.channels.items():
-            paths[name] = str(save_image(arr, folder / f"{name}.nii.gz", affine=case.affine).relative_to(root))
-        label = save_label(case.label, folder / "label.nii.gz", affine=case.affine)
-        cases.append({"case_id": folder.name, "channels": paths, "label": str(label.relative_to(root))})
-    meta = {"channels": channels, "labels": {str(k): v for k, v in label_names.items()}, "cases": cases}
-    out = root / "dataset.json"
-    atomic_write_text(out, json.dumps(meta, indent=2))
-    logger.info("wrote %d perfusion cases to %s", n_cases, root)
-    return out
+        cases.append(_write_case(root, i, case.channels, case.label, case.affine))
+    return _write_datalist(root, channels, label_names, cases, "perfusion")
 
 
 def write_ct_dataset(
@@ -76,20 +89,10 @@ def write_ct_dataset(
     label_names: dict[int, str] = {}
     for i in range(n_cases):
         ph = make_ct_phantom(shape=shape, spacing=spacing, seed=seed + i, n_organs=n_organs)
-        folder = root / f"case_{i:03d}"
         label_names = {0: "background", **{int(k): v for k, v in ph.label_names.items()}}
-        image = save_image(np.round(ph.image), folder / "CT.nii.gz", affine=ph.affine)
-        label = save_label(ph.label, folder / "label.nii.gz", affine=ph.affine)
-        cases.append({
-            "case_id": folder.name,
-            "channels": {"CT": str(image.relative_to(root))},
-            "label": str(label.relative_to(root)),
-        })
-    meta = {"channels": ["CT"], "labels": {str(k): v for k, v in label_names.items()}, "cases": cases}
-    out = root / "dataset.json"
-    atomic_write_text(out, json.dumps(meta, indent=2))
-    logger.info("wrote %d CT cases to %s", n_cases, root)
-    return out
+        cases.append(_write_case(root, i, {"CT": np.round(ph.image)}, ph.label, ph.affine))
+    return _write_datalist(root, ["CT"], label_names, cases, "CT")
+
 
 @dataclass(frozen=True)
 class SyntheticStudy:
