@@ -72,6 +72,15 @@ def _instance_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Te
     return mean, torch.rsqrt(var + eps)
 
 
+def _instance_norm_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised ``x`` with the affine applied, mean, 1/std): ``(x - mean) * rstd * w + b`` in one fused pass."""
+    mean, rstd = _instance_stats(x, eps)
+    scale = rstd * weight.view(_affine_shape(x))
+    return torch.addcmul(bias.view(_affine_shape(x)) - mean * scale, x, scale), mean, rstd
+
+
 class _InstanceNormFunction(torch.autograd.Function):
     """Instance norm with a hand-written backward: two reductions and two fused passes, in the input's layout."""
 
@@ -79,10 +88,9 @@ class _InstanceNormFunction(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
     ) -> torch.Tensor:
-        mean, rstd = _instance_stats(x, eps)
-        scale = rstd * weight.view(_affine_shape(x))
+        out, mean, rstd = _instance_norm_forward(x, weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
-        return torch.addcmul(bias.view(_affine_shape(x)) - mean * scale, x, scale)
+        return out
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
@@ -108,9 +116,7 @@ def instance_norm(
     """
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
         return _InstanceNormFunction.apply(x, weight, bias, eps)
-    mean, rstd = _instance_stats(x, eps)
-    scale = rstd * weight.view(_affine_shape(x))
-    return torch.addcmul(bias.view(_affine_shape(x)) - mean * scale, x, scale)
+    return _instance_norm_forward(x, weight, bias, eps)[0]
 
 
 class InstanceNorm(nn.GroupNorm):

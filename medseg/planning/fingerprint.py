@@ -257,7 +257,7 @@ def _components(mask: np.ndarray) -> int:
     """Connected objects of ``mask`` (full connectivity, as the postprocessing's largest-component step counts)."""
     from scipy import ndimage
 
-    return int(ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))[1])
+    return int(ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))[1])
 
 
 def measure_case(
