@@ -264,13 +264,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    import os
-
     from medseg.batch import ScaleOut, segment_archive
-    from medseg.tracking.store import ENV_TRACKING_URI
 
-    # as MLflow's own tools do: --tracking-uri, else $MLFLOW_TRACKING_URI (only models:/ and runs:/ URIs need one)
-    tracking_uri = args.tracking_uri or os.environ.get(ENV_TRACKING_URI, "").strip() or None
+    tracking_uri = args.tracking_uri  # None: the run takes MLflow's own ($MLFLOW_TRACKING_URI), as MLflow's tools do
     try:
         with _sigterm_as_interrupt():
             summary = segment_archive(

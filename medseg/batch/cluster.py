@@ -284,8 +284,9 @@ def _drive(
 
     def submit(actor: Any, item: WorkItem) -> None:
         ahead = pending.popleft() if pending else None
+        assigned_at = time.time()  # before mark_started: record_lost tells "started" by started_at >= assigned_at
         ledger.mark_started(item.key)
-        in_flight[actor.compute.remote(item, ahead)] = (actor, item, ahead, time.time())
+        in_flight[actor.compute.remote(item, ahead)] = (actor, item, ahead, assigned_at)
 
     def finish(ref: Any) -> None:
         actor, item, ahead, assigned_at = in_flight.pop(ref)

@@ -145,7 +145,7 @@ def _predictor(
     sw_batch_size: int | None,
     postprocess: bool | Mapping[str, Any] | None,
     tracking_uri: str | None,
-    workers: int,
+    remote: bool,
 ) -> tuple[Any, Any]:
     """``(predictor, model source for worker processes or None)``; the model was checked by :func:`_check_model`."""
     from medseg.batch.workers import ModelSource
@@ -153,8 +153,12 @@ def _predictor(
     if not isinstance(model, str | os.PathLike):
         return model, None
     pp = dict(postprocess) if isinstance(postprocess, Mapping) else postprocess
+    if tracking_uri is None and str(model).startswith(("models:/", "runs:/")):
+        from medseg.tracking.store import ambient_tracking_uri
+
+        tracking_uri = ambient_tracking_uri()  # resolved once here, so workers and Ray actors on other nodes get it
     source = ModelSource(str(model), str(device), tracking_uri, bool(tta), overlap, sw_batch_size, pp)
-    if workers > 1:  # the parent only needs the spec and the weights' hash
+    if remote:  # worker processes or Ray actors compute; the parent only needs the spec and the weights' hash
         predictor = dataclasses.replace(source, device="cpu").load()
         return predictor, _pinned(source, predictor)
     return source.load(), None
@@ -262,7 +266,8 @@ def segment_archive(
         formats: outputs per case, any of ``("nifti", "seg", "report", "qc")``.
         workers: processes, each with its own copy of the model (needs a URI / path), fed from one queue; None: 1.
             On Ray, the number of actors (None: one per GPU of the cluster, or one per CPU when it has none).
-        tracking_uri: MLflow tracking URI for ``models:/`` and ``runs:/`` URIs.
+        tracking_uri: MLflow tracking URI for ``models:/`` and ``runs:/`` URIs (default: MLflow's own, from
+            ``mlflow.set_tracking_uri`` or ``MLFLOW_TRACKING_URI``; resolved once and passed to every worker).
         progress: draw a progress bar on stderr (only when stderr is a terminal).
         name_key: the naming key (default: the output folder's own key, created on first use).
         scale: run on a Ray cluster, and a set-up hook for workers (:class:`ScaleOut`).
@@ -305,7 +310,7 @@ def segment_archive(
         sw_batch_size=sw_batch_size,
         postprocess=postprocess,
         tracking_uri=tracking_uri,
-        workers=2 if ray_target is not None else workers or 1,
+        remote=ray_target is not None or (workers or 1) > 1,
     )
     provenance = batch_provenance(predictor)
     out.mkdir(parents=True, exist_ok=True)

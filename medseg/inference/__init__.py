@@ -21,8 +21,3 @@ __all__ = [
     "resolve_device",
     "segment_file",
 ]
-
-
-def load_checkpoint_predictor(path, device="auto", **kwargs) -> Predictor:
-    """A :class:`Predictor` from a checkpoint file (used by the MLflow pyfunc wrapper)."""
-    return Predictor.from_checkpoint(path, device=device, **kwargs)

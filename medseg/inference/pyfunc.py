@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from medseg.inference.predictor import Predictor
+from medseg.outputs.report import label_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,9 @@ class PyfuncSegmenter:
             raise FileExistsError(f"{out}: exists; the pyfunc model never replaces a file (choose another output)")
         image, label = self.predictor.predict_case({c: Path(str(row[c])) for c in spec.channel_names})
         arr = np.asarray(label[0].cpu().numpy())
-        voxel_ml = abs(float(np.linalg.det(np.asarray(image.affine)[:3, :3]))) / 1000.0
-        counts = np.bincount(arr.reshape(-1).astype(np.int64), minlength=spec.num_classes)
         result: dict[str, Any] = {OUTPUT_COLUMN: None, "shape": list(arr.shape)}
-        for value, name in sorted(spec.labels.items()):
-            if value:
-                result[f"{name}_ml"] = float(counts[value]) * voxel_ml
+        for name, entry in label_volumes(arr, image.affine, spec.labels).items():
+            result[f"{name}_ml"] = float(entry["volume_ml"])
         if out is None:
             result["label"] = arr
         else:
