@@ -15,7 +15,8 @@ import pytest
 
 from medseg.data.dicom import read_dicom, scan_dicom_tree
 from medseg.metrics import dice
-from medseg.outputs.dicom_seg import NoSegmentsError, SegMetadata, source_affine, write_dicom_seg
+from medseg.outputs.dicom_seg import NoSegmentsError, SegMetadata, write_dicom_seg
+from medseg.outputs.dicom_seg_geometry import source_affine
 from medseg.synthetic.dataset import write_ct_study
 
 SHAPE = (32, 28, 12)

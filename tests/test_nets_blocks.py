@@ -11,18 +11,10 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.nets import UNet, UNetPlusPlus, available_networks, build_network, network_config
-from medseg.nets.blocks import (
-    ACTIVATIONS,
-    NORMS,
-    ConvNormAct,
-    EncoderStage,
-    InstanceNorm,
-    LayerFactory,
-    ResidualBlock,
-    Upsample,
-    crop_padding,
-    pad_to_multiple,
-)
+from medseg.nets.blocks import ConvNormAct, EncoderStage, ResidualBlock, Upsample
+from medseg.nets.instance_norm import InstanceNorm
+from medseg.nets.layers import ACTIVATIONS, NORMS, LayerFactory
+from medseg.nets.shapes import crop_padding, pad_to_multiple
 
 
 # ---------------------------------------------------------------------------------------------- layer factory

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from medseg.errors import ConfigError
 from medseg.nets import UNet, UNetPlusPlus, build_network
-from medseg.nets.blocks import InstanceNorm, instance_norm
+from medseg.nets.instance_norm import InstanceNorm, instance_norm
 
 CL = torch.channels_last_3d
 
@@ -105,7 +105,7 @@ def test_channels_last_reaches_every_full_resolution_layer_from_a_one_channel_in
 
 
 def test_auto_layout_follows_a_measurement_that_leaves_the_rng_alone():
-    from medseg.nets.blocks import channels_last_faster
+    from medseg.nets.family import channels_last_faster
 
     state = torch.get_rng_state()
     decision = channels_last_faster(4, torch.get_num_threads())
@@ -116,7 +116,7 @@ def test_auto_layout_follows_a_measurement_that_leaves_the_rng_alone():
 
 
 def test_auto_layout_decision_can_be_first_made_under_inference_mode():
-    from medseg.nets.blocks import channels_last_faster
+    from medseg.nets.family import channels_last_faster
 
     channels_last_faster.cache_clear()
     net = UNet(3, 1, 2, features=(4, 8)).eval()

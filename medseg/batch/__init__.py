@@ -10,7 +10,8 @@ Typical use::
 from __future__ import annotations
 
 from medseg.batch.discover import Discovery, ItemKind, WorkItem, discover
-from medseg.batch.ledger import LEDGER_FILE, Ledger, LedgerError, LedgerRow, Status
+from medseg.batch.ledger import LEDGER_FILE, Ledger
+from medseg.batch.ledger_db import LedgerError, LedgerRow, Status
 from medseg.batch.naming import KEY_FILE, keyed_name, load_or_create_key
 from medseg.batch.publish import OutputLockedError
 from medseg.batch.report import QUARANTINE_CSV, REPORT_CSV, REPORT_JSON, BatchSummary, QuarantineEntry

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.atomic import atomic_write_text
-from medseg.batch.ledger import LedgerRow, Status
+from medseg.batch.ledger_db import LedgerRow, Status
 
 logger = logging.getLogger(__name__)
 

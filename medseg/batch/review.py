@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from medseg.atomic import atomic_write_text
-from medseg.batch.ledger import LEDGER_FILE, Ledger, LedgerRow, Status
+from medseg.batch.ledger import LEDGER_FILE, Ledger
+from medseg.batch.ledger_db import LedgerRow, Status
 from medseg.batch.publish import lock_output
 from medseg.batch.report import REPORT_JSON
 from medseg.errors import ConfigError

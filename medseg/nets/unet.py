@@ -7,7 +7,10 @@ import logging
 import torch
 from torch import nn
 
-from medseg.nets.blocks import LayerFactory, UNetFamily, UpConcat, crop_padding
+from medseg.nets.blocks import UpConcat
+from medseg.nets.family import UNetFamily
+from medseg.nets.layers import LayerFactory
+from medseg.nets.shapes import crop_padding
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ class UNet(UNetFamily):
     own limit: in training, instance/batch norm refuse a single value per channel, i.e. batch 1 with an input of at
     most ``2**depth`` voxels along every axis.)
 
-    The constructor (option checks, attributes, :attr:`config`, encoder) is :class:`medseg.nets.blocks.UNetFamily`'s,
+    The constructor (option checks, attributes, :attr:`config`, encoder) is :class:`medseg.nets.family.UNetFamily`'s,
     shared with UNet++; this class adds the decoder and the heads.
 
     Args:
@@ -34,7 +37,7 @@ class UNet(UNetFamily):
         in_channels: input channels.
         out_channels: output channels (logits, one per class).
         features: encoder width per level, at least two levels; the default has depth 4.
-        norm: ``"instance"`` (default), ``"batch"`` or ``"none"``; see :mod:`medseg.nets.blocks`.
+        norm: ``"instance"`` (default), ``"batch"`` or ``"none"``; see :mod:`medseg.nets.layers`.
         activation: ``"leakyrelu"`` (slope 0.01, default), ``"relu"``, ``"prelu"``, ``"gelu"``, ``"elu"``,
             ``"silu"``.
         dropout: element-wise dropout after every activation, in [0, 1).

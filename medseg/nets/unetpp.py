@@ -10,7 +10,10 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.nets.blocks import LayerFactory, UNetFamily, UpConcat, crop_padding
+from medseg.nets.blocks import UpConcat
+from medseg.nets.family import UNetFamily
+from medseg.nets.layers import LayerFactory
+from medseg.nets.shapes import crop_padding
 
 logger = logging.getLogger(__name__)
 
