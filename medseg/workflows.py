@@ -71,7 +71,10 @@ def train_and_register(
         name = cfg.tracking.registered_model
         if register and result.succeeded and name:
             ckpt = load_checkpoint(result.best_checkpoint)
-            if run_logger.offline:
+            if not cfg.tracking.enabled:
+                logger.warning("tracking.enabled is false: model not registered as %s; checkpoint at %s", name,
+                               result.best_checkpoint)
+            elif run_logger.offline:
                 logger.warning("tracking server unreachable: model not registered; checkpoint at %s",
                                result.best_checkpoint)
             else:

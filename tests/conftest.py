@@ -15,6 +15,23 @@ import pytest
 SERVER_START_TIMEOUT_S = 120.0
 
 
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_http_limits():
+    """medseg bounds MLflow's HTTP requests once per process (medseg.tracking.store.limit_mlflow_http); each test
+    starts as a fresh process would, and the values one test set do not reach the next."""
+    from medseg.tracking import store
+
+    saved = {key: os.environ.get(key) for key in store.MLFLOW_HTTP_ENV}
+    store._http_limited = False
+    yield
+    store._http_limited = False
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

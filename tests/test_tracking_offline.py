@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import medseg.tracking.logger as logger_module
+import medseg.tracking.calls as calls_module
 from medseg.tracking import RunLogger, TrackingConfig, read_spool, system_info
 from medseg.tracking.store import Connectivity
 
@@ -124,6 +124,29 @@ def test_black_hole_server_costs_at_most_the_timeout(tmp_path):
     assert run.report()["not_logged"] == {"params": 1, "metrics": 1, "run_end": 1}
 
 
+def test_training_never_waits_for_a_hung_server(tmp_path):
+    """A long timeout_s does not matter: the calls are queued, and the end waits flush_timeout_s at most."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        uri = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        cfg = TrackingConfig(timeout_s=30.0, flush_timeout_s=0.5)
+        t0 = time.monotonic()
+        run = RunLogger(cfg, uri, tmp_path).start("r", {"a": 1})
+        for step in range(50):
+            run.log_metrics({"m": float(step)}, step=step)
+        logging_s = time.monotonic() - t0
+        run.end()
+        elapsed = time.monotonic() - t0
+    assert logging_s < 0.5, f"the training thread waited {logging_s:.2f} s"
+    assert 0.4 < elapsed < 2.0, elapsed  # the probe still unanswered after flush_timeout_s: given up
+    report = run.report()
+    assert report["offline"] and "probe: no answer within" in report["offline_reason"]
+    assert report["not_logged"] == {"params": 1, "metrics": 50, "run_end": 1}
+    steps = [r["step"] for r in read_spool(report["spool_dir"]) if r["kind"] == "metrics"]
+    assert steps == list(range(50))
+
+
 class _HealthyButHanging(http.server.BaseHTTPRequestHandler):
     """Answers /health, then hangs on every MLflow API call (a server stuck behind a healthy proxy)."""
 
@@ -173,6 +196,8 @@ class _FakeClient:
     def __init__(self):
         self.calls: list[str] = []
         self.fail = False
+        self.hang = threading.Event()  # while set, log_batch hangs (a server that stopped answering)
+        self.release = threading.Event()
 
     def get_experiment_by_name(self, name):
         return type("E", (), {"experiment_id": "1", "lifecycle_stage": "active"})()
@@ -183,6 +208,8 @@ class _FakeClient:
 
     def log_batch(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
         self.calls.append("log_batch")
+        if self.hang.is_set():
+            self.release.wait(10)
         if self.fail:
             raise ConnectionError("connection reset")
 
@@ -194,9 +221,9 @@ class _FakeClient:
 def fake_store(monkeypatch):
     client = _FakeClient()
     state = {"reachable": True}
-    monkeypatch.setattr(logger_module, "make_client", lambda uri: client)
+    monkeypatch.setattr(calls_module, "make_client", lambda uri: client)
     monkeypatch.setattr(
-        logger_module, "check_tracking", lambda uri, t: Connectivity(state["reachable"], "scripted probe")
+        calls_module, "check_tracking", lambda uri, t: Connectivity(state["reachable"], "scripted probe")
     )
     return client, state
 
@@ -205,11 +232,12 @@ def test_failure_mid_run_goes_offline_and_closes_run_when_back(tmp_path, fake_st
     client, state = fake_store
     run = RunLogger(TrackingConfig(), "http://tracking.invalid", tmp_path).start("r", {"a": 1})
     run.log_metrics({"m": 1.0}, step=0)
+    assert run.flush() is True  # the calls are made by the sender thread
     assert run.run_id == "run-1" and client.calls == ["create_run", "log_batch", "log_batch"]
     client.fail, state["reachable"] = True, False
     run.log_metrics({"m": 2.0}, step=1)  # fails, the probe confirms: offline from now on
     run.log_metrics({"m": 3.0}, step=2)  # not even attempted
-    assert client.calls.count("log_batch") == 3 and run.offline
+    assert run.offline and client.calls.count("log_batch") == 3
     state["reachable"] = True  # the server is back by the end: the run is closed there
     run.end("FAILED")
     assert client.calls[-1] == "set_terminated:FAILED"
@@ -226,7 +254,7 @@ def test_two_failures_in_a_row_go_offline_even_if_probe_answers(tmp_path, fake_s
     client.fail = True
     for step in range(4):
         run.log_metrics({"m": float(step)}, step=step)
-    assert client.calls.count("log_batch") == 2 and run.offline
+    assert run.offline and client.calls.count("log_batch") == 2  # `offline` waits for the queued calls
     assert "2 tracking calls failed in a row" in run.report()["offline_reason"]
     run.end()
     assert run.report()["not_logged"] == {"metrics": 4}
@@ -263,3 +291,31 @@ def test_logger_usage_errors(tmp_path, fake_store):
     run.end()
     with pytest.raises(RuntimeError, match=r"log_metrics\(\) called after end\(\)"):
         run.log_metrics({"m": 1.0}, step=0)
+
+
+def test_first_timeout_sends_the_rest_of_the_run_to_the_spool_in_order(tmp_path, fake_store):
+    client, _ = fake_store
+    cfg = TrackingConfig(timeout_s=0.5, flush_timeout_s=0.5)
+    run = RunLogger(cfg, "http://tracking.invalid", tmp_path).start("r")
+    run.log_metrics({"m": 0.0}, step=0)
+    assert run.flush() is True
+    client.hang.set()
+    t0 = time.monotonic()
+    for step in range(1, 21):
+        run.log_metrics({"m": float(step)}, step=step)
+    assert time.monotonic() - t0 < 0.2  # queued: the training thread does not wait for the hung call
+    assert run.offline  # the first call past its 0.5 s deadline opened the breaker
+    assert client.calls.count("log_batch") == 2  # step 0, then step 1 which hung; none after the timeout
+    client.hang.clear()
+    client.release.set()
+    run.end()
+    assert client.calls[-1] == "set_terminated:FINISHED"  # the store answers again: the run is closed there
+    report = run.report()
+    assert "log_batch" not in client.calls[client.calls.index("log_batch") + 2 :]
+    assert "timed out, no answer within 0.5 s" in report["offline_reason"]
+    assert report["not_logged"] == {"metrics": 20}
+    records = read_spool(report["spool_dir"])
+    assert records[0]["run_id"] == "run-1"
+    assert [(r["step"], r["metrics"]["m"]) for r in records if r["kind"] == "metrics"] == [
+        (step, float(step)) for step in range(1, 21)
+    ]

@@ -297,3 +297,31 @@ def test_offline_spool_replays_into_the_store(store, tmp_path):
     assert _download_text(store["uri"], result["run_id"], "qc/qc.png", tmp_path / "dl") == png.read_bytes()
     with pytest.raises(SpoolError, match="already replayed into run"):
         replay_offline(spool, store["uri"])
+
+
+def test_a_sqlite_store_killed_while_being_created_is_absent_or_whole(tmp_path):
+    """MLflow makes a new store's tables one migration at a time; medseg makes them in a temporary file and links
+    it into place, so a kill at any moment leaves no store that MLflow cannot open again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from medseg.tracking.store import create_sqlite_store, make_client
+
+    db = tmp_path / "store" / "mlruns.db"
+    code = f"from pathlib import Path; from medseg.tracking.store import create_sqlite_store; create_sqlite_store(Path({str(db)!r}))"
+    for delay in (1.5, 3.0):  # MLflow's import alone takes ~1-2 s: the kill lands in the import or the migrations
+        child = subprocess.Popen([sys.executable, "-c", code])
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if db.exists():
+            break
+    leftovers = [p.name for p in db.parent.iterdir() if p.name != db.name] if db.parent.exists() else []
+    create_sqlite_store(db)  # a fresh attempt (or nothing, when the killed one had finished)
+    client = make_client(f"sqlite:///{db}")
+    run = client.create_run(client.create_experiment("after-kill"))
+    client.log_metric(run.info.run_id, "m", 1.0)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+    assert all(name.startswith(".medseg-init-") for name in leftovers)  # only the killed attempt's temp file

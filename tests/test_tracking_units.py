@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import medseg.tracking.store as store_module
 from medseg.config.validate import from_dict
 from medseg.errors import ConfigError
 from medseg.tracking import (
@@ -23,7 +24,7 @@ from medseg.tracking import (
 )
 from medseg.tracking.params import MAX_KEY_LENGTH, TRUNCATION_MARK
 from medseg.tracking.privacy import check_text_file
-from medseg.tracking.store import check_tracking, embedded_artifact_location, mlflow_http_limits, redact_text
+from medseg.tracking.store import check_tracking, embedded_artifact_location, limit_mlflow_http, redact_text
 
 # ---------------------------------------------------------------------------------------------- config
 
@@ -57,6 +58,8 @@ def test_tracking_config_defaults_and_from_yaml_data():
         ({"timeout_s": 0}, "tracking.timeout_s: must be > 0 and <= 600 seconds, got 0"),
         ({"timeout_s": float("nan")}, "tracking.timeout_s: must be > 0"),
         ({"timeout_s": "10"}, "tracking.timeout_s: expected a number of seconds"),
+        ({"flush_timeout_s": -1}, "tracking.flush_timeout_s: must be > 0 and <= 600 seconds, got -1"),
+        ({"flush_timeout_s": True}, "tracking.flush_timeout_s: expected a number of seconds, got True"),
         ({"enabled": "yes"}, "tracking.enabled: expected true or false, got 'yes'"),
         ({"log_qc_images": 1}, "tracking.log_qc_images: expected true or false"),
     ],
@@ -93,16 +96,20 @@ def test_check_tracking_local_and_closed_port(tmp_path):
     assert not status.ok and "not a folder" in status.detail
 
 
-def test_http_limits_are_set_and_restored(monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
-    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    import os
-
-    with mlflow_http_limits(2.5):
-        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
-        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "120"
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+def test_http_limits_are_set_once_per_process_and_keep_the_users_values(monkeypatch):
+    monkeypatch.setattr(store_module, "_http_limited", False)  # as in a fresh process
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}  # the user's own value
+    limit_mlflow_http("sqlite:////tmp/x/mlruns.db", 2.5, env)  # no HTTP: nothing to bound, nothing written
+    assert env == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"} and store_module._http_limited is False
+    limit_mlflow_http("http://127.0.0.1:5000", 2.5, env)
+    assert env == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
+    env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "7"  # later calls never rewrite the environment
+    limit_mlflow_http("https://tracking.example", 60, env)
+    assert env == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "7", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
+    monkeypatch.setattr(store_module, "_http_limited", False)
+    fresh: dict[str, str] = {}
+    limit_mlflow_http("databricks", 0.2, fresh)
+    assert fresh == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 
 
 # ---------------------------------------------------------------------------------------------- params

@@ -1,7 +1,13 @@
 """MLflow tracking for medseg: run logging with an offline fallback, model registry, model URIs.
 
-This package is the only place in medseg that imports MLflow, and it does so lazily (inside functions, or in
-:mod:`medseg.tracking.registry`), so importing :mod:`medseg.tracking` (e.g. for :class:`TrackingConfig`) is cheap.
+This package is the only place in medseg that imports MLflow, and it does so lazily (inside functions), so
+importing :mod:`medseg.tracking` (e.g. for :class:`TrackingConfig`) is cheap. Every MLflow call goes through an
+``MlflowClient`` bound to the store it is meant for; MLflow's process-wide tracking URI is never set.
+
+Modules: ``config`` (the ``tracking:`` section), ``store`` (URIs, probes, clients), ``logger`` (a run's API),
+``calls`` and ``sender`` (its MLflow calls, sent by one background thread), ``offline`` (the spool and its
+replay), ``model_format`` (what a medseg model is in MLflow), ``registry`` (log and register a model),
+``lookup`` (find runs, models, versions), ``resolve`` (model URI -> checkpoint), ``observer`` (training hooks).
 A registered model's pyfunc face is :mod:`medseg.inference.pyfunc`, which MLflow imports by name.
 """
 
@@ -21,13 +27,8 @@ from medseg.tracking.logger import RunLogger
 from medseg.tracking.offline import read_spool, replay_offline
 from medseg.tracking.params import flatten_params
 from medseg.tracking.privacy import check_no_patient_identifiers, find_patient_identifiers, scrub_params
-from medseg.tracking.registry import (
-    ModelVersionInfo,
-    ResolvedModel,
-    promote,
-    register_model,
-    resolve_model_uri,
-)
+from medseg.tracking.registry import ModelVersionInfo, promote, register_model
+from medseg.tracking.resolve import ResolvedModel, resolve_model_uri
 from medseg.tracking.store import check_tracking, redact_uri, resolve_tracking_uri
 from medseg.tracking.sysinfo import system_info
 

@@ -53,7 +53,10 @@ class TrackingConfig:
         experiment: MLflow experiment name.
         registered_model: registry name the trained model is registered under (``None``: not registered).
         alias: alias moved to the newly registered version.
-        timeout_s: upper bound for a single call to the tracking server (connectivity probe, HTTP request).
+        timeout_s: upper bound for a single call to the tracking server (connectivity probe, HTTP request);
+            the first call of a run that takes longer sends the rest of the run to the offline spool.
+        flush_timeout_s: how long the end of a run (and registering its model) waits for a tracking call still
+            in flight before spooling it and everything after it. Training itself never waits for the server.
         enabled: ``False`` turns tracking off entirely (nothing is logged, nothing is spooled).
         log_qc_images: whether QC PNGs are logged.
     """
@@ -63,6 +66,7 @@ class TrackingConfig:
     registered_model: str | None = None
     alias: str = "champion"
     timeout_s: float = 10.0
+    flush_timeout_s: float = 2.0
     enabled: bool = True
     log_qc_images: bool = True
 
@@ -80,10 +84,12 @@ class TrackingConfig:
         if self.registered_model is not None:
             validate_model_name(self.registered_model, "tracking.registered_model")
         validate_alias(self.alias, "tracking.alias")
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int | float):
-            raise ConfigError(f"tracking.timeout_s: expected a number of seconds, got {self.timeout_s!r}")
-        if not math.isfinite(self.timeout_s) or not 0 < self.timeout_s <= 600:
-            raise ConfigError(f"tracking.timeout_s: must be > 0 and <= 600 seconds, got {self.timeout_s!r}")
+        for key in ("timeout_s", "flush_timeout_s"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"tracking.{key}: expected a number of seconds, got {value!r}")
+            if not math.isfinite(value) or not 0 < value <= 600:
+                raise ConfigError(f"tracking.{key}: must be > 0 and <= 600 seconds, got {value!r}")
         for key in ("enabled", "log_qc_images"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"tracking.{key}: expected true or false, got {getattr(self, key)!r}")

@@ -1,10 +1,12 @@
-"""The run logger: observes a training loop and sends what it is given to MLflow, never stopping training.
+"""The run logger: observes a training loop and hands what it is given to MLflow, never making training wait.
 
-Every MLflow call is bounded by ``TrackingConfig.timeout_s``. When the store does not answer (at start, or
-later: one failed call that a fresh probe confirms, or two failures in a row), the logger goes offline for the
-rest of the run and everything from then on is written to a local spool folder (see
-:mod:`medseg.tracking.offline`); :meth:`RunLogger.report` says what was not logged and where it is, and
-:func:`medseg.tracking.replay_offline` sends it later.
+:class:`RunLogger` checks and shapes what is logged (numbers, flattened parameters, no patient identifiers, PNG
+signatures) in the caller's thread, then queues the MLflow calls for the run's sender thread
+(:mod:`medseg.tracking.sender`): the training thread never waits on the network. When the store does not answer
+(refused at start, a call past ``TrackingConfig.timeout_s``, failures a probe confirms) the run goes offline and
+everything from then on is written to a local spool folder (:mod:`medseg.tracking.offline`);
+:meth:`RunLogger.report` says what was not logged and where it is, and :func:`medseg.tracking.replay_offline` sends
+it later. Artifacts are copied when they are logged, so the caller may delete its file at once.
 
 Typical use (the training loop only sees the hooks)::
 
@@ -20,36 +22,28 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import tempfile
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any, TypeVar
+from typing import Any
 
+from medseg.tracking import calls
 from medseg.tracking.config import TrackingConfig
-from medseg.tracking.offline import MAX_BATCH_METRICS, MAX_BATCH_PARAMS, Spool
+from medseg.tracking.offline import Spool
 from medseg.tracking.params import cap_value, flatten_params, sanitize_key, stringify
 from medseg.tracking.privacy import check_no_patient_identifiers, check_text_file
-from medseg.tracking.store import (
-    check_tracking,
-    get_or_create_experiment,
-    make_client,
-    mlflow_http_limits,
-    redact_text,
-    redact_uri,
-)
+from medseg.tracking.sender import Job, Sender
+from medseg.tracking.store import is_local_store, limit_mlflow_http, redact_uri
 from medseg.tracking.sysinfo import system_info
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_TAG_VALUE_LENGTH = 8000  # MLflow's limit
-MAX_CONSECUTIVE_FAILURES = 2
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_MAX_KEPT_ERRORS = 20
 
 
 def _json_default(value: Any) -> Any:
@@ -68,7 +62,7 @@ class RunLogger:
     """One tracked run. Create it, :meth:`start` it, log, :meth:`end` it (or use it as a context manager).
 
     Args:
-        config: the ``tracking:`` section (experiment, timeout, enabled, ...).
+        config: the ``tracking:`` section (experiment, timeouts, enabled, ...).
         tracking_uri: the resolved tracking URI (see :func:`medseg.tracking.resolve_tracking_uri`).
         spool_dir: folder under which an offline spool sub-folder is created if anything cannot be sent.
             Nothing is created unless needed.
@@ -78,29 +72,41 @@ class RunLogger:
         self.config = config
         self.tracking_uri = tracking_uri
         self.spool_root = Path(spool_dir)
-        self._client: Any = None
-        self._run_id: str | None = None
+        self._run = calls.RunHandle()
         self._state = "new"
         self._status: str | None = None
-        self._offline_reason: str | None = None
-        self._failures = 0
-        self._errors: list[str] = []
-        self._lost: Counter[str] = Counter()
         self._spool: Spool | None = None
+        self._sender: Sender | None = None
+        self._opening = 0  # number of the job that creates the run
+        self._staging: Path | None = None  # copies of artifacts until they are sent or spooled
 
     # ------------------------------------------------------------------ state
     @property
     def run_id(self) -> str | None:
-        """The MLflow run id (``None`` while not started, when disabled, or when the run could not be created)."""
-        return self._run_id
+        """The MLflow run id (``None`` while not started, when disabled, or when the run could not be created).
+
+        Waits for the run to be created (at most ``flush_timeout_s`` for a call in flight).
+        """
+        if self._sender is not None and self._run.run_id is None:
+            self._sender.flush(self._opening)
+        return self._run.run_id
 
     @property
     def offline(self) -> bool:
-        return self._offline_reason is not None
+        """Whether the run went offline; first waits for the calls queued so far (see :meth:`flush`)."""
+        return not self.flush() if self._sender is not None else False
 
     @property
     def active(self) -> bool:
         return self._state == "running" and self.config.enabled
+
+    def flush(self) -> bool:
+        """Wait until every call queued so far was sent or spooled; True if the run is still online.
+
+        Never waits more than ``flush_timeout_s`` for a call in flight: past that the run goes offline and the
+        call and everything queued after it are spooled.
+        """
+        return self._sender.flush() if self._sender is not None else False
 
     def __enter__(self) -> RunLogger:
         return self
@@ -113,62 +119,27 @@ class RunLogger:
                 self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
     # ------------------------------------------------------------ internals
-    def _attempt(self, what: str, call: Callable[[], T], even_offline: bool = False) -> tuple[bool, T | None]:
-        """Run one MLflow call with bounded HTTP limits; on failure record it and maybe go offline."""
-        if self._offline_reason is not None and not even_offline:
-            return False, None
-        try:
-            with mlflow_http_limits(self.config.timeout_s):
-                result = call()
-        except Exception as exc:  # noqa: BLE001 - a tracking failure must never stop training
-            message = redact_text(f"{what}: {type(exc).__name__}: {exc}")[:500]
-            if len(self._errors) < _MAX_KEPT_ERRORS:
-                self._errors.append(message)
-            logger.warning("tracking call failed, kept in the offline spool: %s", message)
-            self._failures += 1
-            if self._failures >= MAX_CONSECUTIVE_FAILURES:
-                self._go_offline(f"{self._failures} tracking calls failed in a row; last: {message}")
-            else:
-                probe = check_tracking(self.tracking_uri, self.config.timeout_s)
-                if not probe.ok:
-                    self._go_offline(probe.detail)
-            return False, None
-        self._failures = 0
-        return True, result
-
-    def _go_offline(self, reason: str) -> None:
-        if self._offline_reason is None:
-            self._offline_reason = redact_text(reason)
-            logger.warning(
-                "tracking store %s unavailable (%s); logging to the offline spool %s for the rest of the run",
-                redact_uri(self.tracking_uri),
-                self._offline_reason,
-                self._spool.folder if self._spool else self.spool_root,
-            )
-
-    def _to_spool(self, what: str, count: int, write: Callable[[Spool], None]) -> None:
-        if self._spool is None:  # only when disabled, where nothing is sent either
-            return
-        try:
-            write(self._spool)
-        except OSError as exc:
-            self._lost[what] += count
-            logger.error("could not write %s to the offline spool %s: %s", what, self._spool.folder, exc)
-
-    def _send(self, what: str, count: int, call: Callable[[], Any], spool: Callable[[Spool], None]) -> bool:
-        if self._run_id is not None:
-            ok, _ = self._attempt(what, call)
-            if ok:
-                return True
-        self._to_spool(what, count, spool)
-        return False
-
     def _require_running(self, method: str) -> bool:
         if self._state == "new":
             raise RuntimeError(f"RunLogger.{method}() called before start()")
         if self._state == "ended":
             raise RuntimeError(f"RunLogger.{method}() called after end()")
         return self.config.enabled
+
+    def _submit(self, job: Job) -> int:
+        return self._sender.submit(job) if self._sender is not None else 0
+
+    def _stage(self, path: Path) -> Path:
+        """A private copy of the file or folder ``path`` (same name) that lives until the run ends."""
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="medseg-tracking-"))
+        slot = Path(tempfile.mkdtemp(dir=self._staging))
+        target = slot / path.name
+        if path.is_dir():
+            shutil.copytree(path, target)
+        else:
+            shutil.copyfile(path, target)
+        return target
 
     # ------------------------------------------------------------ public API
     def start(
@@ -178,6 +149,8 @@ class RunLogger:
         tags: Mapping[str, Any] | None = None,
     ) -> RunLogger:
         """Create the run and log ``params`` (nested: flattened to dotted keys) and ``tags``. Returns ``self``.
+
+        The run is created by the sender thread; nothing here waits for the store.
 
         Raises:
             PatientDataError: params or tags look like they hold patient identifiers (nothing is sent).
@@ -203,28 +176,25 @@ class RunLogger:
                 "created": int(time.time() * 1000),
             },
         )
-        probe = check_tracking(self.tracking_uri, self.config.timeout_s)
-        if not probe.ok:
-            self._go_offline(probe.detail)
-        else:
+        cfg = self.config
+        # MLflow's import takes seconds of CPU: done here, so that the first call's deadline measures the network
+        import mlflow.entities  # noqa: F401
 
-            def create() -> tuple[Any, str]:
-                client = make_client(self.tracking_uri)
-                experiment_id = get_or_create_experiment(client, self.config.experiment, self.tracking_uri)
-                run = client.create_run(experiment_id, run_name=run_name, tags=tag_map)
-                return client, run.info.run_id
-
-            ok, created = self._attempt("create run", create)
-            if ok and created is not None:
-                self._client, self._run_id = created
-                self._spool.set_run_id(self._run_id)
-                logger.info("tracking run %s in %s", self._run_id, redact_uri(self.tracking_uri))
-            else:
-                self._go_offline(
-                    f"could not create the run: {self._errors[-1] if self._errors else 'unknown'}"
-                )
-        if self._run_id is None and tag_map:
-            self._to_spool("tags", len(tag_map), lambda s: s.tags(tag_map))
+        limit_mlflow_http(self.tracking_uri, cfg.timeout_s)  # before the sender thread exists
+        self._sender = Sender(
+            self.tracking_uri,
+            None if is_local_store(self.tracking_uri) else cfg.timeout_s,
+            cfg.flush_timeout_s,
+            self._spool,
+            calls.store_probe(self.tracking_uri),
+        )
+        self._sender.start()
+        for job in calls.open_run(self._run, self.tracking_uri, cfg, run_name, tag_map, self._spool):
+            self._opening = self._submit(job)  # the run's id is known once the last one is done
+        if is_local_store(self.tracking_uri):
+            # a store on this machine cannot hang: the run exists before training starts (a run killed in its first
+            # epoch is still found in the store), at the cost of creating a new store's tables first (seconds)
+            self._sender.flush(self._opening)
         if flat:
             self._log_params(flat)
         return self
@@ -234,19 +204,8 @@ class RunLogger:
         return {sanitize_key(str(k)): cap_value(stringify(v), MAX_TAG_VALUE_LENGTH) for k, v in tags.items()}
 
     def _log_params(self, flat: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        items = list(flat.items())
-        for i in range(0, len(items), MAX_BATCH_PARAMS):
-            chunk = dict(items[i : i + MAX_BATCH_PARAMS])
-            self._send(
-                "params",
-                len(chunk),
-                lambda c=chunk: self._client.log_batch(
-                    self._run_id, params=[Param(k, v) for k, v in c.items()], synchronous=True
-                ),
-                lambda s, c=chunk: s.params(c),
-            )
+        for job in calls.params_jobs(self._run, flat):
+            self._submit(job)
 
     def log_params(self, params: Mapping[str, Any] | Any) -> None:
         """Log more (nested) parameters. MLflow refuses to change the value of an already logged parameter."""
@@ -258,18 +217,9 @@ class RunLogger:
         """Set run tags (values stringified; tags, unlike parameters, may be overwritten)."""
         if not self._require_running("set_tags"):
             return
-        from mlflow.entities import RunTag
-
         tag_map = self._tags(tags)
         if tag_map:
-            self._send(
-                "tags",
-                len(tag_map),
-                lambda: self._client.log_batch(
-                    self._run_id, tags=[RunTag(k, v) for k, v in tag_map.items()], synchronous=True
-                ),
-                lambda s: s.tags(tag_map),
-            )
+            self._submit(calls.tags_job(self._run, tag_map))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Log numeric metrics (Python / NumPy / 0-d tensor numbers) at ``step``.
@@ -290,25 +240,11 @@ class RunLogger:
         check_no_patient_identifiers(dict.fromkeys(values, 0.0), "metric names")
         if not values:
             return
-        from mlflow.entities import Metric
-
-        timestamp = int(time.time() * 1000)
-        items = list(values.items())
-        for i in range(0, len(items), MAX_BATCH_METRICS):
-            chunk = dict(items[i : i + MAX_BATCH_METRICS])
-            self._send(
-                "metrics",
-                len(chunk),
-                lambda c=chunk: self._client.log_batch(
-                    self._run_id,
-                    metrics=[Metric(k, v, timestamp, step) for k, v in c.items()],
-                    synchronous=True,
-                ),
-                lambda s, c=chunk: s.metrics(c, step, timestamp),
-            )
+        for job in calls.metrics_jobs(self._run, values, step, int(time.time() * 1000)):
+            self._submit(job)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Log a file or a folder (under ``artifact_path/<folder name>``).
+        """Log a file or a folder (under ``artifact_path/<folder name>``); it is copied now, sent later.
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
@@ -319,14 +255,10 @@ class RunLogger:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"log_artifact: {path} does not exist")
-        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
             check_text_file(file)
-        self._send(
-            "artifacts",
-            1 if path.is_file() else sum(1 for p in path.rglob("*") if p.is_file()),
-            lambda: self._client.log_artifact(self._run_id, str(path), artifact_path),
-            lambda s: s.artifact(path, artifact_path),
-        )
+        self._submit(calls.artifact_job(self._run, self._stage(path), artifact_path, len(files)))
 
     def log_image(self, png_path: str | Path, artifact_path: str = "qc") -> bool:
         """Log a QC PNG under ``artifact_path``; skipped (returns False) when ``log_qc_images`` is off.
@@ -378,34 +310,33 @@ class RunLogger:
         return info
 
     def end(self, status: str = "FINISHED") -> None:
-        """Close the run with ``status`` (FINISHED, FAILED or KILLED); warn if anything went to the spool."""
+        """Close the run with ``status`` (FINISHED, FAILED or KILLED); warn if anything went to the spool.
+
+        Waits for the queued calls as :meth:`flush` does; a run that went offline is still closed on the store if
+        a fresh probe answers.
+        """
         if status not in RUN_STATUSES:
             raise ValueError(f"end: status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
         if self._state != "running":
             return
         self._state = "ended"
         self._status = status
-        if not self.config.enabled:
+        if self._sender is None:  # disabled
             return
-        sent = False
-        if self._run_id is not None:
-            # After going offline, close the run anyway if the store answers again (one bounded probe).
-            retry = (
-                self._offline_reason is not None
-                and check_tracking(self.tracking_uri, self.config.timeout_s).ok
-            )
-            if self._offline_reason is None or retry:
-                sent, _ = self._attempt(
-                    "end run",
-                    lambda: self._client.set_terminated(self._run_id, status=status),
-                    even_offline=True,
-                )
-        if not sent:
-            self._to_spool("run_end", 1, lambda s: s.end(status))
+        sender = self._sender
+        sender.flush()
+        self._submit(calls.end_job(self._run, status))
+        sender.flush()
+        sender.close()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        self._write_summary()
+
+    def _write_summary(self) -> None:
         report = self.report()
         if self._spool is not None and self._spool.used:
             try:
-                self._spool.write_summary(self._errors)
+                self._spool.write_summary(list(self._sender.errors) if self._sender else [])
             except OSError as exc:
                 logger.error("could not write the spool summary: %s", exc)
         if report["not_logged"] or report["lost"]:
@@ -421,18 +352,20 @@ class RunLogger:
         """What happened: run id, whether the logger went offline and why, and counts of what was not logged.
 
         ``not_logged`` counts entries kept in the spool (params, tags, metric values, artifact files,
-        run_end); ``lost`` counts entries that could not even be written to the spool.
+        run_end); ``lost`` counts entries that could not even be written to the spool. Does not wait: while the
+        run is open, calls still queued are in neither.
         """
+        sender = self._sender
         spool_used = self._spool is not None and self._spool.used
         return {
             "enabled": self.config.enabled,
             "tracking_uri": redact_uri(self.tracking_uri),
-            "run_id": self._run_id,
+            "run_id": self._run.run_id,
             "status": self._status,
-            "offline": self._offline_reason is not None,
-            "offline_reason": self._offline_reason,
+            "offline": sender is not None and sender.offline_reason is not None,
+            "offline_reason": sender.offline_reason if sender is not None else None,
             "not_logged": dict(self._spool.counts) if self._spool is not None else {},
-            "lost": dict(self._lost),
+            "lost": dict(sender.lost) if sender is not None else {},
             "spool_dir": str(self._spool.folder) if spool_used and self._spool is not None else None,
-            "errors": list(self._errors),
+            "errors": list(sender.errors) if sender is not None else [],
         }

@@ -27,8 +27,8 @@ from medseg.tracking.errors import SpoolError, TrackingUnavailableError
 from medseg.tracking.store import (
     check_tracking,
     get_or_create_experiment,
+    limit_mlflow_http,
     make_client,
-    mlflow_http_limits,
     redact_uri,
 )
 
@@ -168,6 +168,42 @@ def _target_run(client: Any, header: Mapping[str, Any], uri: str, experiment: st
     return run.info.run_id, True
 
 
+def _send_records(
+    client: Any, run_id: str, records: list[dict[str, Any]], folder: Path
+) -> tuple[Counter[str], dict[str, Any] | None]:
+    """Send the params, tags, metrics and artifacts of ``records`` in their order; returns counts and the end record."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    sent: Counter[str] = Counter()
+    end_status = None
+    for record in records:
+        kind = record.get("kind")
+        if kind == "params":
+            params = [Param(k, v) for k, v in record["params"].items()]
+            for i in range(0, len(params), MAX_BATCH_PARAMS):
+                client.log_batch(run_id, params=params[i : i + MAX_BATCH_PARAMS], synchronous=True)
+            sent["params"] += len(params)
+        elif kind == "tags":
+            tags = [RunTag(k, v) for k, v in record["tags"].items()]
+            for i in range(0, len(tags), MAX_BATCH_PARAMS):
+                client.log_batch(run_id, tags=tags[i : i + MAX_BATCH_PARAMS], synchronous=True)
+            sent["tags"] += len(tags)
+        elif kind == "metrics":
+            metrics = [
+                Metric(k, float(v), int(record["timestamp"]), int(record["step"]))
+                for k, v in record["metrics"].items()
+            ]
+            for i in range(0, len(metrics), MAX_BATCH_METRICS):
+                client.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH_METRICS], synchronous=True)
+            sent["metrics"] += len(metrics)
+        elif kind == "artifact":
+            client.log_artifact(run_id, str(folder / record["file"]), record.get("artifact_path"))
+            sent["artifacts"] += 1
+        elif kind == "end":
+            end_status = record
+    return sent, end_status
+
+
 def replay_offline(
     spool_dir: str | Path,
     tracking_uri: str,
@@ -185,8 +221,6 @@ def replay_offline(
     Returns:
         ``{"run_id", "created_run", "params", "tags", "metrics", "artifacts"}`` (counts sent).
     """
-    from mlflow.entities import Metric, Param, RunTag
-
     folder = Path(spool_dir)
     records = read_spool(folder)
     if (folder / REPLAYED_FILE).exists() and not force:
@@ -198,40 +232,14 @@ def replay_offline(
     if not status.ok:
         raise TrackingUnavailableError(f"cannot replay {folder}: {status.detail}")
     header = _header(records)
-    sent: Counter[str] = Counter()
-    with mlflow_http_limits(timeout_s):
-        client = make_client(tracking_uri)
-        run_id, created = _target_run(client, header, tracking_uri, experiment)
-        end_status = None
-        for record in records:
-            kind = record.get("kind")
-            if kind == "params":
-                params = [Param(k, v) for k, v in record["params"].items()]
-                for i in range(0, len(params), MAX_BATCH_PARAMS):
-                    client.log_batch(run_id, params=params[i : i + MAX_BATCH_PARAMS], synchronous=True)
-                sent["params"] += len(params)
-            elif kind == "tags":
-                tags = [RunTag(k, v) for k, v in record["tags"].items()]
-                for i in range(0, len(tags), MAX_BATCH_PARAMS):
-                    client.log_batch(run_id, tags=tags[i : i + MAX_BATCH_PARAMS], synchronous=True)
-                sent["tags"] += len(tags)
-            elif kind == "metrics":
-                metrics = [
-                    Metric(k, float(v), int(record["timestamp"]), int(record["step"]))
-                    for k, v in record["metrics"].items()
-                ]
-                for i in range(0, len(metrics), MAX_BATCH_METRICS):
-                    client.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH_METRICS], synchronous=True)
-                sent["metrics"] += len(metrics)
-            elif kind == "artifact":
-                client.log_artifact(run_id, str(folder / record["file"]), record.get("artifact_path"))
-                sent["artifacts"] += 1
-            elif kind == "end":
-                end_status = record
-        if end_status is not None:
-            client.set_terminated(run_id, status=end_status["status"], end_time=int(end_status["timestamp"]))
-        elif created:
-            client.set_terminated(run_id, status="FINISHED")
+    limit_mlflow_http(tracking_uri, timeout_s)
+    client = make_client(tracking_uri)
+    run_id, created = _target_run(client, header, tracking_uri, experiment)
+    sent, end_status = _send_records(client, run_id, records, folder)
+    if end_status is not None:
+        client.set_terminated(run_id, status=end_status["status"], end_time=int(end_status["timestamp"]))
+    elif created:
+        client.set_terminated(run_id, status="FINISHED")
     result = {
         "run_id": run_id,
         "created_run": created,

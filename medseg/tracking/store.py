@@ -2,8 +2,10 @@
 
 The library never reads environment variables for paths: :func:`resolve_tracking_uri` takes the environment as
 an argument and the CLI passes ``os.environ``. MLflow itself reads its HTTP timeout and retry count from
-environment variables on every request; :func:`mlflow_http_limits` sets them for the duration of one call so a
-dead server costs at most the configured timeout instead of MLflow's default (120 s x 7 retries).
+environment variables on every request; :func:`limit_mlflow_http` sets them once per process (the only write to
+``os.environ`` in medseg) so a dead server costs at most the configured timeout instead of MLflow's default
+(120 s x 7 retries). Every MLflow call gets its URI from an ``MlflowClient`` made by :func:`make_client`; medseg
+never sets MLflow's process-wide tracking URI.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import math
 import os
 import re
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +77,15 @@ def embedded_artifact_location(uri: str) -> str | None:
     if db is None:
         return None
     return (db.expanduser().resolve().parent / EMBEDDED_ARTIFACTS_DIR).as_posix()
+
+
+def is_local_store(uri: str) -> bool:
+    """Whether ``uri`` is a store on this machine's file system (``sqlite:///``, ``file:``, a plain path).
+
+    Calls to a local store cannot hang on a network, so the run logger gives them no deadline (a fresh SQLite
+    store takes seconds to create its tables on the first call).
+    """
+    return _scheme(uri) in ("sqlite", "file", "")
 
 
 def redact_uri(uri: str) -> str:
@@ -169,51 +182,43 @@ def _probe_folder(folder: Path) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def mlflow_http_limits(timeout_s: float) -> Iterator[None]:
-    """Bound MLflow's HTTP requests to ``timeout_s`` seconds and no retries while the block runs.
+MLFLOW_HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+_HTTP_SCHEMES = ("http", "https", "databricks", "databricks-uc")
+_http_lock = threading.Lock()
+_http_limited = False
 
-    MLflow reads ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (whole seconds) and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` from the
-    environment on each request; the previous values are restored afterwards. Not thread-safe (the
-    environment is process-wide), like MLflow's own fluent API.
+
+def limit_mlflow_http(uri: str, timeout_s: float, env: MutableMapping[str, str] | None = None) -> None:
+    """Bound MLflow's HTTP requests in this process: ``timeout_s`` per request, no retries. Set once, never undone.
+
+    Why the process environment: MLflow 3.17 reads ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` from it on every request and offers no per-client setting
+    (``mlflow.utils.rest_utils.http_request``; the HTTP artifact repository likewise); its defaults (120 s,
+    7 retries with backoff) let one call to a hung server take many minutes. Rewriting the variables around each
+    call, as medseg once did, is not thread-safe (two calls restore each other's values, and C code in other
+    threads may read the environment while it changes). So this is the one place medseg writes ``os.environ``:
+    under a lock, at most once per process, the first time an HTTP store is used (before the
+    :class:`~medseg.tracking.logger.RunLogger` starts its sender thread). Later calls, and calls for local stores
+    (SQLite, files, databases: no HTTP), change nothing. Values already in the environment are the user's and are
+    kept, as MLflow's own tools would.
+
+    The run logger does not rely on these limits (each of its calls has its own deadline, see
+    :mod:`medseg.tracking.sender`); they bound the synchronous calls (registering, resolving, replaying) and how
+    long a call the logger gave up on lingers in the background.
     """
-    values = {
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))),
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    }
-    previous = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in previous.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
-@contextlib.contextmanager
-def use_global_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's process-wide tracking URI at ``uri`` for the block, then restore it.
-
-    Only needed for the few MLflow functions that take no explicit URI (``Model.log``). MLflow mirrors the URI
-    into ``MLFLOW_TRACKING_URI``; the user's own value of that variable is restored as well.
-    """
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    previous_global = getattr(tracking_utils, "_tracking_uri", None)
-    previous_env = os.environ.get(ENV_TRACKING_URI)
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous_global)
-        if previous_env is None:
-            os.environ.pop(ENV_TRACKING_URI, None)
-        else:
-            os.environ[ENV_TRACKING_URI] = previous_env
+    global _http_limited
+    env = os.environ if env is None else env
+    if (_scheme(uri) or uri.strip().lower()) not in _HTTP_SCHEMES:
+        return
+    with _http_lock:
+        if _http_limited:
+            return
+        _http_limited = True
+        wanted = dict(zip(MLFLOW_HTTP_ENV, (str(max(1, math.ceil(timeout_s))), "0"), strict=True))
+        for key, value in wanted.items():
+            if key not in env:
+                env[key] = value
+        logger.debug("MLflow HTTP limits for this process: %s", {k: env.get(k) for k in MLFLOW_HTTP_ENV})
 
 
 def ambient_tracking_uri() -> str | None:
@@ -240,8 +245,48 @@ def make_client(uri: str) -> Any:
 
     db = sqlite_path(uri)
     if db is not None:
-        db.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_store(db.expanduser())
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+_INIT_PREFIX = ".medseg-init-"
+_STALE_INIT_S = 600.0
+_INIT_LOCK = threading.Lock()  # MLflow's migrations (alembic) are not thread-safe within one process
+
+
+def create_sqlite_store(db: Path) -> None:
+    """Create MLflow's tables in a new SQLite store all at once, or not at all.
+
+    MLflow creates a store's tables one migration at a time, in place; a process killed meanwhile (the run is
+    started in the background, so a kill in the first seconds of training can do it) leaves a database that no
+    MLflow client can open again ("table ... already exists"). Here the tables are made in a temporary file of the
+    same folder, which is then linked to ``db`` only if ``db`` does not exist yet (another process may have won the
+    race: its store is used). Temporary files of killed attempts are removed once they are 10 minutes old.
+    """
+    with _INIT_LOCK:
+        if not db.exists():
+            _create_sqlite_store(db)
+
+
+def _create_sqlite_store(db: Path) -> None:
+    folder = db.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for stale in folder.glob(f"{_INIT_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if now - stale.stat().st_mtime > _STALE_INIT_S:
+                stale.unlink()
+    tmp = folder / f"{_INIT_PREFIX}{os.getpid()}-{threading.get_ident()}-{db.name}"
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", embedded_artifact_location(f"sqlite:///{db}"))
+        store.engine.dispose()
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, db)  # atomic: fails when another process created the store meanwhile
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
