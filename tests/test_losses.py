@@ -137,6 +137,39 @@ def test_dice_has_gradient_and_perfect_prediction_near_zero():
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
 
 
+@pytest.mark.parametrize(
+    "spatial,channels,include_background,batch,smooth",
+    [
+        ((6, 5), 3, True, False, (1e-5, 1e-5)),
+        ((6, 5), 3, False, True, (0.0, 1.0)),
+        ((4, 3, 5), 2, False, False, (1.0, 1.0)),
+        ((4, 3, 5), 4, True, True, (0.5, 2.0)),
+    ],
+)
+@pytest.mark.parametrize("labels", ["random", "background_only"])
+def test_dice_edge_cases_match_monai_values_and_gradients(
+    spatial, channels, include_background, batch, smooth, labels
+):
+    """Batch of 3, 2D and 3D, empty foreground classes, smoothing terms: loss per (item, class) and gradients."""
+    gen = torch.Generator().manual_seed(channels)
+    logits = torch.randn((3, channels, *spatial), generator=gen)
+    target = torch.randint(0, channels, (3, 1, *spatial), generator=gen)
+    if labels == "background_only":
+        target.zero_()
+    options = {"include_background": include_background, "to_onehot_y": True, "batch": batch}
+    smoothing = {"smooth_nr": smooth[0], "smooth_dr": smooth[1]}
+    ours_in, ref_in = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    ours = DiceLoss(**options, **smoothing, reduction="none")(ours_in, target)
+    ref = monai.losses.DiceLoss(**options, **smoothing, softmax=True, reduction="none")(ref_in, target)
+    kept = channels - (0 if include_background else 1)
+    assert ours.shape == ((kept,) if batch else (3, kept))
+    torch.testing.assert_close(ours, ref.reshape(ours.shape), atol=1e-6, rtol=0)
+    assert torch.isfinite(ours).all()
+    ours.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, atol=1e-7, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------ DiceCE
 
 
@@ -184,6 +217,19 @@ def test_dice_ce_multichannel_sigmoid_uses_binary_cross_entropy():
     # Dice: channel 0: inter 0.5, sum p 2, sum g 1 -> 1/3 ; channel 1: inter 1.5, sums 2 and 3 -> 3/5
     dice = ((1 - 1 / 3) + (1 - 3 / 5)) / 2
     assert loss(logits, target).item() == pytest.approx(dice + math.log(2.0), abs=1e-6)
+
+
+def test_monai_dice_ce_multichannel_sigmoid_differs():
+    """Why DiceCELoss adds its own cross-entropy: MONAI's applies the softmax one to independent sigmoid labels."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 5, 6, generator=gen)
+    target = (torch.rand(2, 3, 5, 6, generator=gen) > 0.5).float()  # three independent binary labels
+    ours = DiceCELoss(activation="sigmoid")(logits, target)
+    ref = monai.losses.DiceCELoss(sigmoid=True)(logits, target)
+    dice = DiceLoss(activation="sigmoid")(logits, target)
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    assert ours.item() == pytest.approx((dice + bce).item(), abs=1e-6)
+    assert abs(ref.item() - ours.item()) > 0.1
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -532,3 +578,35 @@ def test_deep_supervision_with_boundary_loss_and_errors():
         ds([torch.zeros(1, 2, 16, 16)], labels, dist=dist)
     with pytest.raises(ValueError, match="non-empty list"):
         ds([], labels, dist=dist)
+
+
+def test_monai_deep_supervision_differs_where_medseg_keeps_its_own():
+    """Why DeepSupervisionLoss is medseg's: what monai.losses.DeepSupervisionLoss does differently.
+
+    With normalised weights, power-of-two level sizes and a float target the two agree; MONAI's default weights are
+    not normalised and stop halving at 1/16, it cannot downsample integer label maps, it has no way to hand distance
+    maps to the inner loss, and on odd sizes its nearest-exact sampling is not the UNet's block geometry.
+    """
+    gen = torch.Generator().manual_seed(8)
+    inner = DiceLoss(to_onehot_y=True)
+    ours = DeepSupervisionLoss(inner)
+    weights = ours.level_weights(3)
+    ref = monai.losses.DeepSupervisionLoss(inner, weights=weights)
+
+    def case(full):
+        target = torch.randint(0, 3, (2, 1, *full), generator=gen)
+        outputs = [torch.randn(2, 3, *(-(-n // 2**i) for n in full), generator=gen) for i in range(3)]
+        return outputs, target
+
+    outputs, target = case((16, 8, 12))
+    assert ours(outputs, target).item() == pytest.approx(ref(outputs, target.float()).item(), abs=1e-6)
+    assert monai.losses.DeepSupervisionLoss(inner).get_weights(6) == [1.0, 0.5, 0.25, 0.125, 0.0625, 0.0625]
+    assert sum(ours.level_weights(6)) == pytest.approx(1.0)
+    with pytest.raises(NotImplementedError):
+        ref(outputs, target)  # an int64 label map: interpolate has no integer nearest mode
+    outputs, target = case((9, 12, 10))  # 9 -> 5 -> 3 voxels along the first axis
+    assert abs(ours(outputs, target).item() - ref(outputs, target.float()).item()) > 1e-3
+    # MONAI samples voxels 0, 2, 4, 6, 8 of a 9-voxel axis; the UNet's level-1 voxels cover [2k, 2k + 2)
+    axis = torch.arange(9, dtype=torch.float32).reshape(1, 1, 9)
+    assert F.interpolate(axis, size=(5,), mode="nearest-exact").flatten().tolist() == [0, 2, 4, 6, 8]
+    assert downsample_nearest(axis, (5,)).flatten().tolist() == [1, 3, 5, 7, 8]

@@ -5,6 +5,11 @@ decreases over the epochs ("rebalance"): early on the boundary term, whose gradi
 network, has no weight; the region (Dice) term then hands weight over to it. :class:`LinearRampSchedule` gives that
 schedule (``rebalance=True``) or keeps the region weight at 1 and only ramps the boundary weight up
 (``rebalance=False``). The trainer calls :meth:`DiceBoundaryLoss.set_epoch` at the start of every epoch.
+
+What is MONAI's: the region part (:class:`~medseg.losses.DiceLoss`, and the Dice of
+:class:`~medseg.losses.DiceCELoss`) computes with ``monai.losses.DiceLoss`` (see :mod:`medseg.losses.dice`). The
+boundary loss, the epoch schedule, their combination and the name table are medseg's: MONAI has no boundary loss of
+Kervadec et al. and no loss whose weights follow the epoch.
 """
 
 from __future__ import annotations

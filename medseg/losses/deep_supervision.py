@@ -16,6 +16,14 @@ An output that already has the target's spatial size uses the target (and distan
 
 Extra inputs: distance maps reach the inner loss as a keyword, ``loss(pred, target, dist=dist)``; they are resized
 like the target. Without ``dist`` the inner loss is called as ``loss(pred, target)``.
+
+Why not ``monai.losses.DeepSupervisionLoss``: it computes the same weighted sum when given these normalised weights,
+levels whose size halves exactly and a float target, but its default weights are not normalised and stop halving at
+1/16; it downsamples with ``interpolate``, which raises on integer label maps; it calls the inner loss with
+``(pred, target)`` only, so the boundary loss's distance maps cannot pass; and on odd sizes its nearest-exact
+sampling picks other voxels than the UNet's blocks cover (9 -> 5 voxels: 0, 2, 4, 6, 8 instead of 1, 3, 5, 7, 8;
+the loss differs by ~1e-2 on random logits). The test that shows each point:
+``tests/test_losses.py::test_monai_deep_supervision_differs_where_medseg_keeps_its_own``.
 """
 
 from __future__ import annotations

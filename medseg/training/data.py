@@ -5,6 +5,9 @@ sharded over the ranks of a data-parallel run (:func:`shard_order`).
 slice-wise sampling of 3D volumes (``data.slice_axis``), where the volume is preprocessed and cached in 3D and each
 training patch is a ``(h, w, 1)`` crop -- foreground-oversampled across all slices -- squeezed to 2D (see
 :func:`medseg.training.transforms.patch_roi`); validation then runs the 2D network slice by slice.
+
+Seeding is medseg's :func:`seed_everything`, not MONAI's ``set_determinism``, which also resets the cuDNN flags that
+``train.deterministic`` controls (its docstring and ``tests/test_seed.py`` say how).
 """
 
 from __future__ import annotations
@@ -64,7 +67,14 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (CUDA included)."""
+    """Seed Python's, NumPy's and torch's global generators (CUDA included), and nothing else.
+
+    Not ``monai.utils.set_determinism``: for a seed in ``[0, 2**32)`` it seeds the three generators the same way,
+    but it also sets ``torch.backends.cudnn.deterministic = True`` and ``benchmark = False`` on every call (this
+    runs every epoch), overriding ``train.deterministic: false``, whose cuDNN flags
+    :func:`medseg.training.run.torch_settings` owns and restores; and it reduces other seeds modulo 2**32, so a
+    negative or larger ``train.seed`` would replay another run (``tests/test_seed.py``).
+    """
     import random
 
     import numpy as np
