@@ -31,7 +31,8 @@ from medseg.cli import main
 from medseg.data.dicom import SeriesRule, load_dicom_series, read_dicom, scan_dicom_tree
 from medseg.data.io import load_volume
 from medseg.errors import InputError, ReasonCode
-from medseg.outputs.dicom_seg import source_affine, write_dicom_seg
+from medseg.outputs.dicom_seg import write_dicom_seg
+from medseg.outputs.dicom_seg_geometry import source_affine
 from medseg.synthetic.dataset import write_ct_study
 from medseg.synthetic.dicom_writer import affine_for, write_dicom_series
 

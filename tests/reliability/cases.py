@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 from inputs import (
     NIFTI_AFFINE,
+    Built,
     cut_at,
     edit,
     edit_all,
@@ -30,6 +31,7 @@ from inputs import (
     write_ct,
     write_nifti,
 )
+from layouts import bare_series, multiframe
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -38,15 +40,6 @@ from pydicom.uid import (
     JPEG2000Lossless,
     generate_uid,
 )
-
-
-@dataclass
-class Built:
-    """What a case wrote: the path given to the command and, for OK cases, the truth to compare with."""
-
-    path: Path
-    volume: np.ndarray | None = None
-    affine: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -353,7 +346,15 @@ CASES: list[Case] = [
          _with(lambda f, r: (r / "empty.dcm").write_bytes(b"")), "EMPTY_FILE", "EMPTY_FILE", "empty.dcm"),
     Case("dcm_only_junk", "folder of a 0-byte file and a text file", _junk_only, "NO_SERIES", "NOT_DICOM", "."),
     Case("dcm_no_preamble", "one slice written without preamble / 'DICM' / file meta", _with(_no_preamble),
-         "UNREADABLE", "UNREADABLE", "IM00001.dcm"),
+         "OK", "OK"),
+    Case("dcm_no_preamble_series", "every slice a bare implicit VR data set (no preamble, 'DICM', file meta)",
+         bare_series(implicit=True), "OK", "OK"),
+    Case("dcm_no_preamble_meta_kept", "every slice without preamble / 'DICM', file meta kept",
+         bare_series(keep_meta=True), "OK", "OK"),
+    Case("dcm_no_preamble_missing_iop", "one bare slice without ImageOrientationPatient",
+         bare_series([3], drop=("ImageOrientationPatient",)), "UNREADABLE", "UNREADABLE", "IM00004.dcm"),
+    Case("dcm_no_preamble_missing_bits_stored", "one bare slice without BitsStored",
+         bare_series([0], drop=("BitsStored",)), "UNREADABLE", "UNREADABLE", "IM00001.dcm"),
     Case("dcm_header_cut_before_uid", "end slice cut inside its header, before SeriesInstanceUID",
          _with(_cut_before_uid), "TRUNCATED_HEADER", "TRUNCATED_HEADER", "IM00001.dcm"),
     Case("dcm_header_cut_in_ipp", "end slice cut inside ImagePositionPatient", _with(_cut_in_ipp),
@@ -418,6 +419,12 @@ CASES: list[Case] = [
     Case("dcm_mixed_spacing", "one slice with another PixelSpacing",
          _with(_edit_slice(1, _set("PixelSpacing", [0.95, 0.8]))), "INCONSISTENT_SPACING", "INCONSISTENT_SPACING",
          "IM00002.dcm"),
+    Case("dcm_multiframe", "Enhanced CT: the series as one multi-frame file (per-frame functional groups)",
+         multiframe(), "OK", "OK"),
+    Case("dcm_multiframe_rotated_frame", "Enhanced CT, one frame's orientation rotated 5 degrees",
+         multiframe("rotated_frame"), "STRAY_SLICE", "STRAY_SLICE", "image.dcm", ("--min-slices", "3")),
+    Case("dcm_multiframe_no_position", "Enhanced CT, one frame without PlanePositionSequence",
+         multiframe("frame_without_position"), "MISSING_GEOMETRY", "MISSING_GEOMETRY", "image.dcm"),
     Case("dcm_multi_echo", "two echoes in one series UID, no rule", _multi_echo, "AMBIGUOUS_SERIES", "OK", "."),
     Case("dcm_single_slice", "a single 2D slice", lambda r: Built(r, *_series(r, 1)[:2]), "NOT_VOLUME", "NOT_VOLUME",
          "IM00001.dcm"),

@@ -21,6 +21,8 @@ from fuzz import N_SLICES, mutate
 from inputs import CANARY_FOLDER, element_map, write_ct
 
 from medseg.checkpoint import ModelSpec
+from medseg.contract import DataContract
+from medseg.inference.options import InferenceOptions
 
 THRESHOLD_HU = -500.0
 GEOMETRY_TOL_MM = 0.02
@@ -37,13 +39,8 @@ class _Threshold(torch.nn.Module):
 def threshold_predictor():
     from medseg.inference import Predictor
 
-    spec = ModelSpec(
-        network={"name": "threshold"},
-        channels=[{"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}],
-        labels={0: "background", 1: "dense"}, spacing=None, orientation="RAS", spatial_dims=3,
-        patch_size=[16, 16, 16], inference={"overlap": 0.25, "sw_batch_size": 4},
-    )  # fmt: skip
-    return Predictor(_Threshold(), spec, device="cpu")
+    spec = ModelSpec(network={"name": "threshold"}, contract=DataContract.from_dict({"data": {"channels": [{"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}], "labels": {0: "background", 1: "dense"}, "spacing": None, "orientation": "RAS", "spatial_dims": 3}, "patch_size": [16, 16, 16], "inference": {"overlap": 0.25, "sw_batch_size": 4}}))  # fmt: skip
+    return Predictor(_Threshold(), spec, InferenceOptions(device="cpu"))
 
 
 @dataclass
@@ -54,7 +51,9 @@ class BatchFuzzResult:
     categories: Counter = field(default_factory=Counter)
     done_same: int = 0
     done_changed: list[str] = field(default_factory=list)  # allowed: pixel / rescale / other mutants
-    violations: list[str] = field(default_factory=list)  # format mutants (or unattributable) DONE with changes
+    violations: list[str] = field(
+        default_factory=list
+    )  # format mutants (or unattributable) DONE with changes
     seconds: float = 0.0
 
     def summary(self) -> dict[str, object]:
@@ -69,7 +68,9 @@ class BatchFuzzResult:
         }
 
 
-def _write_archive(root: Path, n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, list[tuple[str, int | None]]]:
+def _write_archive(
+    root: Path, n: int, seed: int
+) -> tuple[list[np.ndarray], np.ndarray, list[tuple[str, int | None]]]:
     rng = np.random.default_rng(seed)
     expected, categories, affine = [], [], None
     for i in range(n):
@@ -92,7 +93,9 @@ def run_batch_fuzz(workdir: Path, n_mutants: int, seed: int = 0) -> BatchFuzzRes
     expected, affine, categories = _write_archive(archive, n_mutants, seed)
     result = BatchFuzzResult(categories=Counter(c for c, _ in categories))
     start = time.perf_counter()
-    summary = segment_archive(archive, out, threshold_predictor(), progress=False, formats=("nifti", "report"))
+    summary = segment_archive(
+        archive, out, threshold_predictor(), progress=False, formats=("nifti", "report")
+    )
     result.seconds = time.perf_counter() - start
     result.discovered = summary.total
     result.counts = {

@@ -40,6 +40,15 @@ STEP_MM = 2.0
 SPACING = (0.7, 0.8, STEP_MM)
 
 
+@dataclass
+class Built:
+    """What a battery case wrote: the path given to the command and, for OK cases, the truth to compare with."""
+
+    path: Path
+    volume: np.ndarray | None = None
+    affine: np.ndarray | None = None
+
+
 def ct_volume(n: int = 12, seed: int = 0, size: int = SIZE) -> np.ndarray:
     """Integer HU values (i, j, k) between air and bone."""
     return np.random.default_rng(seed).integers(-1000, 1500, size=(size, size, n)).astype(np.float32)

@@ -26,7 +26,9 @@ identifiers in PatientName, PatientID, PatientBirthDate, AccessionNumber, Instit
 then run through `medseg info` and `medseg convert` in-process. A refusal must be exactly one line
 `medseg convert: [REASON_CODE] relative/path: reason` (exit 2; an AMBIGUOUS_SERIES line is followed by its list of
 candidates), with no traceback, no canary anywhere in stdout / stderr, and no output file. `OK` means converted, and
-the NIfTI's voxels and affine equal the truth (written by the generator) exactly (affine within 1e-4 mm).
+the NIfTI's voxels and affine equal the truth (written by the generator) exactly (affine within 1e-4 mm); for a
+series stored in another layout (bare data sets without the Part 10 preamble, one enhanced multi-frame file) the truth
+is what medseg reads from the same series written as classic Part 10 slices.
 `info` shows the code in its reason line (a single file) or in the listing's problem lines (a folder); pixel-level
 checks (decoding, the CT range) only run when pixels are read, so `info` lists those series as found.
 

@@ -16,6 +16,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
+from medseg.data.dicom.preamble import looks_like_dicom
 from medseg.data.dicom.reader import read_dicom
 from medseg.data.dicom.select import SeriesRule
 from medseg.errors import InputError, ReasonCode
@@ -26,18 +27,8 @@ _AFFINE_TOL_MM = 1e-4
 _PROBE_FILES = 16
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """True for a file with the 'DICM' marker at byte 128 (a Part 10 file)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _folder_has_dicom(folder: Path) -> bool:
-    """Probe up to ``_PROBE_FILES`` files under ``folder`` for a DICOM marker."""
+    """Probe up to ``_PROBE_FILES`` files under ``folder`` for a DICOM file (see :func:`looks_like_dicom`)."""
     probed = 0
     for sub, dirs, names in os.walk(folder):
         dirs.sort()
@@ -64,7 +55,7 @@ class DicomSeriesReader(ImageReader):
         self.min_slices = min_slices
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
-        """True when every name is a folder holding DICOM files or a DICOM (Part 10) file."""
+        """True when every name is a folder holding DICOM files or a DICOM file (Part 10, or a bare data set)."""
         names = [Path(f) for f in ensure_tuple(filename)]
         return bool(names) and all(
             _folder_has_dicom(p) if p.is_dir() else (p.is_file() and looks_like_dicom(p)) for p in names

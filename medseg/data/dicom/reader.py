@@ -21,6 +21,9 @@ two's complement reads as 64512 when PixelRepresentation says 0). Values equal t
 are exempt, and so is one constant value below the range (an untagged padding value). Other modalities have no
 fixed scale and are not checked.
 
+Files without the Part 10 preamble (bare data sets, see :mod:`medseg.data.dicom.preamble`) are read like the others:
+the fast path needs only the pixel offset, the pydicom path reads them with ``force``.
+
 Decoder errors (a JPEG 2000 slice with garbage fragments, ...) are reported as one ``UNREADABLE`` error naming the
 slice; pydicom's own error log records (with their tracebacks) are held back while medseg decodes.
 """
@@ -39,7 +42,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medseg.data.dicom.header import UNDEFINED_LENGTH, quiet_pydicom
+from medseg.data.dicom.elements import UNDEFINED_LENGTH, quiet_pydicom
 from medseg.data.dicom.records import SliceHeader, relative_name
 from medseg.data.dicom.scan import DicomScan, SeriesInfo, describe_problems, scan_dicom_tree
 from medseg.data.dicom.select import SeriesRule, select_series
@@ -126,7 +129,7 @@ class _SliceReader:
     def decode_multiframe(self, h: SliceHeader, frames: int) -> None:
         """Decode all frames of ``h``'s multi-frame file once (before the slices are read)."""
         try:
-            pixels = pydicom.dcmread(h.path, force=False).pixel_array
+            pixels = _dataset(h).pixel_array
         except Exception as exc:  # decoders raise many types
             raise self._error(h, ReasonCode.UNREADABLE, f"cannot decode pixel data: {_one_line(exc)}") from exc
         if pixels.ndim == 2 and frames == 1:
@@ -144,8 +147,7 @@ class _SliceReader:
         if h.frame is not None:
             return self.decoded[h.path][h.frame].reshape(-1)
         try:
-            ds = pydicom.dcmread(h.path, force=False)
-            pixels = ds.pixel_array
+            pixels = _dataset(h).pixel_array
         except Exception as exc:  # decoders raise many types
             raise self._error(h, ReasonCode.UNREADABLE, f"cannot decode pixel data: {_one_line(exc)}") from exc
         if pixels.shape != (h.rows, h.columns):
@@ -196,6 +198,15 @@ class _SliceReader:
         else:
             detail = f"CT values down to {lo:.6g} HU, below the plausible {lo_ok:.0f} HU"
         raise self._error(h, ReasonCode.INTENSITY_RANGE, detail)
+
+
+def _dataset(h: SliceHeader) -> pydicom.Dataset:
+    """The slice's file as pydicom reads it for decoding. A bare data set (no preamble / 'DICM', accepted by the scan
+    only when its required tags validate) is read with ``force`` and given the transfer syntax the scan found."""
+    ds = pydicom.dcmread(h.path, force=not h.part10)
+    if not h.part10 and "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = h.transfer_syntax
+    return ds
 
 
 def _one_line(exc: BaseException) -> str:

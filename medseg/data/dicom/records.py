@@ -17,7 +17,14 @@ from pydicom.uid import UID
 
 from medseg.errors import Problem
 
-__all__ = ["SkippedFile", "SliceHeader", "is_enhanced_class", "relative_name", "sop_class_name"]
+__all__ = [
+    "SkippedFile",
+    "SliceHeader",
+    "is_enhanced_class",
+    "is_image_class",
+    "relative_name",
+    "sop_class_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,8 @@ class SliceHeader:
     # BitsStored > BitsAllocated); the slice stays in its stack so that the stack refuses to load
     header_problem: tuple[str, str] | None = None
     pixel_padding: float | None = None  # PixelPaddingValue (stored value), when given
+    # False for a bare data set (no preamble / 'DICM'; see medseg.data.dicom.preamble): pydicom reads it with force
+    part10: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +108,11 @@ def relative_name(path: Path, root: Path) -> str:
 def is_enhanced_class(sop_class: str) -> bool:
     """Enhanced / Legacy Converted Enhanced image classes: geometry lives in the functional groups."""
     return "Enhanced" in UID(sop_class).name if sop_class else False
+
+
+def is_image_class(sop_class: str) -> bool:
+    """True for an image storage SOP class (by its registered name)."""
+    return "Image Storage" in UID(sop_class).name if sop_class else False
 
 
 def sop_class_name(sop_class: str) -> str:
