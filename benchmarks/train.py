@@ -4,12 +4,15 @@ Models (``--models``, all by default), each built with the widths ``--features``
 instance norm with affine parameters, LeakyReLU(0.01), 1 input channel, 2 classes:
 
 * ``medseg_unet``, ``medseg_unetpp``: medseg's nets as training runs them (``memory_format="auto"``: channels-last
-  3D on the CPU where a one-off measurement finds it faster, see ``medseg/nets/blocks.py``);
+  3D on the CPU where a one-off measurement finds it faster, see ``medseg/nets/family.py``);
 * ``medseg_unet_contiguous``, ``medseg_unetpp_contiguous``: the same nets forced to the default layout (how medseg
   ran before channels-last; the "before" of the change);
 * ``monai_basicunet``, ``monai_basicunetpp``: MONAI ``BasicUNet`` / ``BasicUNetPlusPlus`` with
   ``features=(*features, features[0])`` (MONAI's sixth entry is the width after the last upsampling);
-* ``monai_unet``: MONAI ``UNet`` with ``channels=features`` and stride-2 convolutions (``strides=(2,) * depth``).
+* ``monai_unet``: MONAI ``UNet`` with ``channels=features`` and stride-2 convolutions (``strides=(2,) * depth``);
+* ``medseg_unet_bf16``, ``medseg_unetpp_bf16``: medseg's nets with the forward pass under bfloat16 autocast, as
+  ``train.precision: bf16`` runs the training step (:mod:`medseg.training.precision`; ``auto`` picks it where the CPU
+  has native bfloat16). The header says whether this CPU has it; without it the bf16 rows show emulation.
 
 A step is forward + cross-entropy + backward + AdamW on a random ``--batch`` x 1 x ``--size``^3 patch. Each model
 runs in its own subprocess (so its peak RSS is its own: ``ru_maxrss`` of the child; "train MB" is the peak minus
@@ -21,8 +24,8 @@ The CPU-time ratio is the steadier one on a loaded machine. MONAI's ``UNet`` is 
 equal width: one convolution per level, the first one already strided, so no 3x3 convolution runs at full
 resolution (``--flops`` prints each model's forward GFLOP to show it).
 
-The contiguous variants run only with ``--before`` (or when named in ``--models``). About 4-5 min on 2 shared
-cores with the defaults.
+The contiguous variants run only with ``--before`` (or when named in ``--models``), ``medseg_unetpp_bf16`` only
+when named. About 5-6 min on 2 shared cores with the defaults.
 
 Usage: ``python benchmarks/train.py [--size 48] [--batch 2] [--steps 3] [--warmup 2] [--rounds 2] [--threads N]
 [--flops] [--before] [--models medseg_unet monai_basicunet ...]``; ``--quick``: 48^3, 1 warm-up, 2 steps, 1 round.
@@ -46,8 +49,10 @@ MODELS = (
     "monai_unet",
     "medseg_unetpp",
     "monai_basicunetpp",
+    "medseg_unet_bf16",
     "medseg_unet_contiguous",
     "medseg_unetpp_contiguous",
+    "medseg_unetpp_bf16",
 )
 #: (ours, reference) pairs printed as ratios of median step times.
 RATIOS = (
@@ -56,6 +61,8 @@ RATIOS = (
     ("medseg_unetpp", "monai_basicunetpp"),
     ("medseg_unet", "medseg_unet_contiguous"),
     ("medseg_unetpp", "medseg_unetpp_contiguous"),
+    ("medseg_unet_bf16", "medseg_unet"),
+    ("medseg_unetpp_bf16", "medseg_unetpp"),
 )
 
 
@@ -114,10 +121,16 @@ def child(args: argparse.Namespace) -> int:
             net(x)
         gflop = counter.get_total_flops() / 1e9
 
+    from medseg.training.precision import resolve_precision
+
+    precision = resolve_precision("bf16" if args.child.endswith("_bf16") else "fp32", "cpu")
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = net(x)
-        loss_fn(out[0] if isinstance(out, (list, tuple)) else out, target).backward()
+        with precision.autocast("cpu"):
+            out = net(x)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        loss_fn(out.float(), target).backward()  # the loss in float32, as medseg's Trainer computes it
         optimizer.step()
 
     net.train()
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS[:5]))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS[:6]))
     parser.add_argument(
         "--before",
         action="store_true",
@@ -241,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ours} / {ref}: step time {time_ratio:.2f}x (CPU time {cpu_ratio:.2f}x), "
                 f"train memory {rss_ratio:.2f}x"
             )
+    if any(m.endswith("_bf16") for m in results):
+        from medseg.training.precision import cpu_bf16_support, resolve_precision
+
+        native, why = cpu_bf16_support()
+        print(f"bf16: {'native' if native else 'emulated'} on this CPU ({why}); train.precision auto picks "
+              f"{resolve_precision('auto', 'cpu').name} here")
     print(f"(total {time.perf_counter() - start:.0f} s; wall/cpu: medians over all timed steps)")
     return 0
 

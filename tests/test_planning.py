@@ -21,8 +21,8 @@ from medseg.planning import (
     plan_table,
 )
 from medseg.planning.fingerprint import axis_permutation, fingerprint_from_dict
+from medseg.planning.geometry import pool_props, target_spacing
 from medseg.planning.memory import GIB
-from medseg.planning.rules import pool_props, target_spacing
 
 CT_FG = IntensityStats(p00_5=-80.0, p50=60.0, p99_5=240.0, mean=70.0, std=45.0, min=-300.0, max=900.0, n=40_000)
 MR_FG = IntensityStats(p00_5=20.0, p50=300.0, p99_5=900.0, mean=320.0, std=150.0, min=0.0, max=1500.0, n=40_000)
@@ -87,13 +87,16 @@ def test_isotropic_1mm_256_cubed():
     assert all(p % 2**depth == 0 and p // 2**depth >= 4 for p in patch)
     assert features[0] == 32 and max(features) == 320 and depth == min(plan.pools_per_axis) >= 4
     batch = plan.overlay["train"]["batch_size"]
-    assert batch >= 2
-    # the step the plan names fits the budget it names, by the estimator's own number
-    cost = estimate_step(config.network, 1, 2, patch, batch, config.train.optimizer, features=features)
-    assert cost.total_bytes == plan.cost.total_bytes <= GPU_8G.memory_bytes
-    # and one more batch would not (or the 5% cap stopped it)
-    more = estimate_step(config.network, 1, 2, patch, batch + 1, config.train.optimizer, features=features)
-    assert more.total_bytes > GPU_8G.memory_bytes or "5% cap" in plan.decisions[-2].reason
+    spc = config.train.samples_per_case
+    assert batch * spc >= 2  # cases per step x patches per case: nnU-Net's minimum of 2 patches
+    # the step the plan names fits the budget it names, by the estimator's own number, for the patches a training
+    # step really holds (batch_size cases x samples_per_case patches)
+    cost = estimate_step(config.network, 1, 2, patch, batch * spc, config.train.optimizer, features=features)
+    assert cost.batch == batch * spc and cost.total_bytes == plan.cost.total_bytes <= GPU_8G.memory_bytes
+    # and one more case would not (or the 5% cap stopped it)
+    more = estimate_step(config.network, 1, 2, patch, (batch + 1) * spc, config.train.optimizer, features=features)
+    why = next(d.reason for d in plan.decisions if d.key == "train.batch_size")
+    assert more.total_bytes > GPU_8G.memory_bytes or "5% cap" in why
     _valid_overlay(plan, config)
 
 
@@ -126,8 +129,10 @@ def test_tiny_volume_patch_is_the_padded_volume_and_the_net_is_shallow():
     assert plan.overlay["train"]["patch_size"] == [20, 24, 16]
     assert plan.pools_per_axis == [2, 2, 2]
     assert plan.overlay["network"]["features"] == [32, 64, 128]
-    # 5% of the dataset's voxels caps the batch at the minimum of 2
-    assert plan.overlay["train"]["batch_size"] == 2
+    # 5% of the dataset's voxels caps the batch at the minimum of 2 patches: 1 case x 2 samples per case
+    assert plan.overlay["train"]["batch_size"] == 1
+    one = plan_from_fingerprint(fp, _config(samples_per_case=1), GPU_8G)
+    assert one.overlay["train"]["batch_size"] == 2 and one.cost.batch == plan.cost.batch == 2
 
 
 def test_pool_props_follow_nnunet():
@@ -177,7 +182,7 @@ def test_masked_mr_uses_nonzero_zscore():
 def test_too_small_memory_budget_is_a_clear_error():
     fp = _fingerprint([(128, 128, 128)] * 4, [(1.0, 1.0, 1.0)] * 4)
     with pytest.raises(PlanError, match=r"memory budget is too small: 0.00 GiB \(test: 0.001 GiB\).*smallest "
-                       r"candidate, patch \[8, 8, 8\] x batch 2"):
+                       r"candidate, patch \[8, 8, 8\] x batch 1 \(2 patches\)"):
         plan_from_fingerprint(fp, _config(), _budget(0.001))
 
 
@@ -302,3 +307,35 @@ def test_labels_that_are_one_object_in_every_case_get_the_largest_component_post
         case.labels.update({1: replace(case.labels[1], components=4), 2: replace(case.labels[2], components=None)})
     plan = plan_from_fingerprint(fp, config, GPU_8G)
     assert "postprocess" not in plan.overlay.get("inference", {})
+
+
+def test_plan_names_the_training_precision_and_why():
+    from medseg.training.precision import cpu_bf16_support
+
+    fp = _fingerprint([(40, 40, 40)] * 2, [(1.0, 1.0, 1.0)] * 2)
+    gpu = plan_from_fingerprint(fp, _config(), GPU_8G)
+    assert gpu.overlay["train"]["precision"] == "fp16" and "CUDA" in next(
+        d.reason for d in gpu.decisions if d.key == "train.precision"
+    )
+    native, why = cpu_bf16_support()
+    cpu = plan_from_fingerprint(fp, _config(), _budget(16, device="cpu"))
+    assert cpu.value("train.precision") == ("bf16" if native else "fp32")
+    row = next(line for line in plan_table(cpu.decisions).splitlines() if line.startswith("train.precision"))
+    assert why in row  # the table says which CPU flags decided it
+    off = plan_from_fingerprint(fp, _config(amp=False), _budget(16, device="cpu"))
+    assert off.value("train.precision") == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        plan_from_fingerprint(fp, _config(precision="fp16"), _budget(16, device="cpu"))
+
+
+def test_budget_epochs_count_one_step_per_batch_of_cases():
+    from medseg.planning.calibrate import StepTiming, budget_epochs
+    from medseg.planning.plan import Plan
+
+    plan = Plan(n_train=4, n_val=0, full_median_shape=[64.0, 64.0, 64.0])
+    plan.decide("train.batch_size", 2, "test")
+    plan.decide("train.patch_size", [32, 32, 32], "test")
+    budget_epochs(plan, _config(samples_per_case=2), StepTiming(1.5, 3, (1.5, 1.5, 1.5), "cpu"), 1.0)
+    # an epoch visits the 4 cases once: 2 steps of 2 cases (x 2 patches each, which the timed step held);
+    # 60 s / (2 x 1.5 s) = 20 epochs
+    assert plan.value("train.epochs") == 20

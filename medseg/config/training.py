@@ -7,6 +7,7 @@ checks what depends on several sections (patch size vs spatial dims, rotation ax
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -161,6 +162,10 @@ class TrainConfig:
     follows ``lr * (1 - p) ** poly_power`` step by step, ``p`` being the fraction of the run done (the larger of
     time used / time available and steps done / ``epochs`` steps), so it reaches its final value (0) as the run
     ends. ``val_every: 0`` turns validation off (``best.pt`` is then the final weights).
+
+    ``precision``: autocast of the training step (see :mod:`medseg.training.precision`): ``auto`` is fp16 on CUDA,
+    bf16 on a CPU with native bfloat16 (``avx512_bf16`` or ``amx_bf16``), else fp32; ``amp: false`` makes ``auto``
+    fp32. ``fp16`` needs CUDA.
     """
 
     seed: int = 0
@@ -186,6 +191,7 @@ class TrainConfig:
     num_workers: int = 0
     num_threads: int | None = None
     amp: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     deterministic: bool = True
     crop_foreground: bool = True
@@ -312,6 +318,13 @@ class InferenceConfig:
             raise ConfigError(f"inference.sw_batch_size: must be >= 1, got {self.sw_batch_size}")
 
 
+def check_postprocess_labels(postprocess: PostprocessConfig, labels: Mapping[int, str]) -> None:
+    """Refuse postprocessing settings that name label values the model does not have."""
+    unknown = sorted(postprocess.build().label_values - set(labels))
+    if unknown:
+        raise ConfigError(f"inference.postprocess: label value(s) {unknown} are not in data.labels {sorted(labels)}")
+
+
 def check_consistency(config: Any) -> None:
     """Checks across sections of a :class:`medseg.config.MedsegConfig`."""
     dims = config.data.spatial_dims
@@ -319,11 +332,7 @@ def check_consistency(config: Any) -> None:
         raise ConfigError(
             f"train.patch_size: expected {dims} sizes for data.spatial_dims={dims}, got {list(config.train.patch_size)}"
         )
-    unknown = sorted(config.inference.postprocess.build().label_values - set(config.data.labels))
-    if unknown:
-        raise ConfigError(
-            f"inference.postprocess: label value(s) {unknown} are not in data.labels {sorted(config.data.labels)}"
-        )
+    check_postprocess_labels(config.inference.postprocess, config.data.labels)
     if config.inference.postprocess.connectivity not in (None, *range(1, dims + 1)):
         raise ConfigError(
             f"inference.postprocess.connectivity: must be 1..{dims} for data.spatial_dims={dims} (or null), got "

@@ -2,7 +2,9 @@
 
 * :mod:`medseg.planning.fingerprint` -- geometry, intensities and label sizes of every case;
 * :mod:`medseg.planning.memory` -- memory and compute of one training step; the device's budget;
-* :mod:`medseg.planning.rules` -- the documented rules from fingerprint + budget to a config overlay;
+* :mod:`medseg.planning.rules` -- the documented rules from fingerprint + budget to a config overlay (by subject in
+  :mod:`~medseg.planning.geometry`, :mod:`~medseg.planning.sizing`, :mod:`~medseg.planning.intensity`);
+* :mod:`medseg.planning.plan` -- the plan being made: decisions with reasons and the overlay;
 * :mod:`medseg.planning.calibrate` -- the measured step time and the epochs that fit a time budget;
 * :mod:`medseg.planning.table` -- the plan as a table with a reason per choice;
 * :mod:`medseg.planning.planner` -- :func:`make_plan`, which writes ``plan.yaml`` and ``fingerprint.json``.
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 from medseg.planning.fingerprint import CaseFingerprint, Fingerprint, IntensityStats, LabelStats
 from medseg.planning.memory import DeviceBudget, StepCost, estimate_step
+from medseg.planning.plan import Decision, Plan, PlanError
 from medseg.planning.planner import PlanResult, make_plan, parse_modalities
-from medseg.planning.rules import Decision, Plan, PlanError, plan_from_fingerprint
+from medseg.planning.rules import plan_from_fingerprint
 from medseg.planning.table import plan_table
 
 __all__ = [

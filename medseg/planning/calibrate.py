@@ -2,10 +2,11 @@
 
 :func:`measure_step` builds what ``medseg train`` builds for a config -- the network
 (:func:`medseg.nets.build_network`), the loss with its deep-supervision wrapper, the optimizer -- and runs
-:meth:`medseg.training.loop.Trainer.train_step` (forward, loss, backward, gradient clipping, optimizer step; AMP on
-CUDA as configured) on random batches of the planned patch and batch size. The first step (allocations, algorithm
-selection) is not timed; the median of the next steps is the step time. Data loading is not included: with
-``train.num_workers`` it overlaps the steps.
+:meth:`medseg.training.loop.Trainer.train_step` (forward, loss, backward, gradient clipping, optimizer step; at the
+configured ``train.precision``) on random batches of the planned patch size and ``batch_size x
+samples_per_case`` patches (what a training step holds). The first step (allocations, algorithm selection) is not
+timed; the median of the next steps is the step time. Data loading is not included: with ``train.num_workers`` it
+overlaps the steps.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.planning.rules import Plan
+from medseg.planning.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +64,19 @@ def measure_step(config: Any, device: str, *, steps: int = 3, seed: int = 0) -> 
             trainer = Trainer(
                 model, loss, optimizer, scheduler, spec=build_model_spec(config, model),
                 loaders=lambda epoch: [], validate=lambda epoch: ({}, []), checkpoint_dir=Path(tmp),
-                epochs=max(tc.epochs, 1), device=dev, amp=tc.amp, grad_clip=tc.grad_clip,
+                epochs=max(tc.epochs, 1), device=dev, amp=tc.amp, precision=tc.precision, grad_clip=tc.grad_clip,
             )
-            shape = (tc.batch_size, len(d.channels), *tc.patch_size)
+            n = tc.batch_size * tc.samples_per_case  # the loader flattens each case's patches into the batch
+            shape = (n, len(d.channels), *tc.patch_size)
             times = []
             for step in range(steps + 1):
                 batch = {
                     "image": torch.randn(shape, generator=gen),
-                    "label": torch.randint(0, d.num_classes, (tc.batch_size, 1, *tc.patch_size), generator=gen)
+                    "label": torch.randint(0, d.num_classes, (n, 1, *tc.patch_size), generator=gen)
                     .float(),
                 }
                 if trainer.needs_dist:
-                    batch["dist"] = torch.randn((tc.batch_size, d.num_classes, *tc.patch_size), generator=gen)
+                    batch["dist"] = torch.randn((n, d.num_classes, *tc.patch_size), generator=gen)
                 start = time.perf_counter()
                 trainer.train_step(batch, 0, step)
                 if dev.type == "cuda":
@@ -104,9 +106,10 @@ def budget_epochs(plan: Plan, config: Any, timing: StepTiming, budget_minutes: f
     tc = config.train
     batch = int(plan.value("train.batch_size"))
     patch = list(plan.value("train.patch_size"))
-    steps = max(1, math.ceil(plan.n_train * tc.samples_per_case / batch))
+    steps = max(1, math.ceil(plan.n_train / batch))  # an epoch visits every training case once
     windows = sliding_windows(plan.full_median_shape, patch, config.inference.overlap)
-    val_seconds = plan.n_val * windows * timing.seconds / batch * FORWARD_FRACTION
+    patches = batch * tc.samples_per_case  # per training step
+    val_seconds = plan.n_val * windows * timing.seconds / patches * FORWARD_FRACTION
     validating = plan.n_val > 0 and tc.val_every > 0
     val_every = int(tc.val_every) if validating else 1
     epoch_seconds = steps * timing.seconds + (val_seconds / val_every if validating else 0.0)
@@ -120,7 +123,7 @@ def budget_epochs(plan: Plan, config: Any, timing: StepTiming, budget_minutes: f
         "train.epochs", epochs,
         f"{budget_minutes:g} min / ({steps} steps x {timing.seconds:.3f} s"
         + (f" + validation {val_seconds:.1f} s / every {val_every}" if validating else "")
-        + f") per epoch; {plan.n_train} training case(s) x {tc.samples_per_case} patch(es) / batch {batch}",
+        + f") per epoch; {plan.n_train} training case(s) / batch {batch} (x {tc.samples_per_case} patch(es) per case)",
     )
     names = {f.name for f in dataclasses.fields(type(tc))}
     if "budget_minutes" in names:

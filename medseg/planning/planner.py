@@ -30,8 +30,10 @@ from medseg.config import MedsegConfig, apply_overrides, deep_merge, from_dict, 
 from medseg.errors import ConfigError
 from medseg.planning.calibrate import StepTiming, budget_epochs, measure_step
 from medseg.planning.fingerprint import CT_BODY_THRESHOLD, Fingerprint, compute_fingerprint
+from medseg.planning.geometry import median_shape, target_spacing
 from medseg.planning.memory import DeviceBudget, device_budget
-from medseg.planning.rules import Plan, median_shape, plan_from_fingerprint, target_spacing
+from medseg.planning.plan import Plan
+from medseg.planning.rules import plan_from_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medseg.planning.rules import Decision
+from medseg.planning.plan import Decision
 
 MAX_VALUE_WIDTH = 44
 

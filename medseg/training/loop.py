@@ -40,9 +40,14 @@ from medseg.errors import MedsegError
 from medseg.training.clock import RunClock
 from medseg.training.distributed import LOCAL, Distributed, unwrap
 from medseg.training.hooks import notify
-from medseg.training.validation import autocast
+from medseg.training.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
+
+
+def _float32(out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """Network output (a tensor, or a list under deep supervision) in float32, for the loss."""
+    return [o.float() for o in out] if isinstance(out, list | tuple) else out.float()
 
 
 class TrainingDiverged(MedsegError):
@@ -83,7 +88,10 @@ class Trainer:
         epochs, val_every: epoch count (an upper bound with a budget) and validation period (the last epoch is
             always validated; 0: no validation at all).
         budget_seconds: wall-clock budget of the loop (None: run all epochs).
-        device, amp: device, and mixed precision (used on CUDA only).
+        device: where the model trains.
+        amp, precision: ``train.amp`` and ``train.precision``, resolved for ``device`` by
+            :func:`medseg.training.precision.resolve_precision` (``auto`` with ``amp``: fp16 on CUDA, bf16 on a
+            CPU with native bfloat16, else fp32; ``amp`` false: fp32). The loss is computed in float32.
         grad_clip: max gradient norm (None: no clipping).
         observer: optional hook object (see :mod:`medseg.training.hooks`).
         dist: this process's place in a data-parallel run (default: a single process); ``model`` is then the
@@ -105,6 +113,7 @@ class Trainer:
         val_every: int = 1,
         device: torch.device | str = "cpu",
         amp: bool = False,
+        precision: str = "auto",
         needs_dist: bool | None = None,
         grad_clip: float | None = None,
         observer: Any = None,
@@ -124,8 +133,9 @@ class Trainer:
             raise ValueError("a time budget needs a schedule driven by progress (set_progress), e.g. ProgressPoly")
         self.clock = RunClock(epochs, val_every, budget_seconds)
         self.device = torch.device(device)
-        self.amp = bool(amp) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.precision = resolve_precision(precision, self.device, amp=bool(amp))
+        logger.info("training precision %s: %s", self.precision.name, self.precision.reason)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
         if needs_dist is None:  # the loss says whether it takes distance maps
             needs_dist = bool(getattr(loss, "requires_dist", False))
         self.needs_dist, self.grad_clip, self.observer = needs_dist, grad_clip, observer
@@ -158,9 +168,9 @@ class Trainer:
         label = batch["label"].to(self.device, non_blocking=True)
         dist = batch["dist"].to(self.device, non_blocking=True) if self.needs_dist else None
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp):
+        with self.precision.autocast(self.device):
             out = self.model(image)
-            loss = self.loss(out, label, dist)
+        loss = self.loss(_float32(out), label, dist)
         value = self.dist.mean(float(loss.detach()))  # every rank sees (and checks) the same value
         if not math.isfinite(value):
             raise TrainingDiverged(epoch, step, value)
