@@ -176,11 +176,11 @@ def train_model(
 
 # ------------------------------------------------------------------------------------------------ pipelines
 def run_medseg(model: Path, image_path: Path, out: Path, sw_batch: int) -> dict:
-    from medseg.inference import load_model
+    from medseg.inference import InferenceOptions, load_model
     from medseg.inference.segment import segment_file
 
     # no postprocessing, like the MONAI pipeline (also for a model.pt cached by an older run)
-    predictor = load_model(model, device="cpu", sw_batch_size=sw_batch, postprocess=False)
+    predictor = load_model(model, InferenceOptions(device="cpu", sw_batch_size=sw_batch, postprocess=False))
     baseline = _status_mb("VmRSS")
     result = segment_file(predictor, image_path, out)
     t = result.seconds

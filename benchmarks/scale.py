@@ -33,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg.batch import LEDGER_FILE, ScaleOut, discover, segment_archive  # noqa: E402
+from medseg.config import ChannelConfig  # noqa: E402
+from medseg.inference.options import InferenceOptions  # noqa: E402
 
 FORMATS = ("nifti", "report")
 
@@ -41,19 +43,28 @@ def _checkpoint(path: Path) -> Path:
     import torch
 
     from medseg.checkpoint import Checkpoint, ModelSpec, save_checkpoint
+    from medseg.contract import DataContract
     from medseg.nets import build_network, network_config
 
     torch.manual_seed(0)
     net = build_network("unet", spatial_dims=3, in_channels=1, out_channels=2, features=(8, 16, 32))
     spec = ModelSpec(
         network=network_config(net),
-        channels=[{"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}],
-        labels={0: "background", 1: "body"},
-        spacing=None,
-        orientation="RAS",
-        spatial_dims=3,
-        patch_size=[32, 32, 32],
-        inference={"overlap": 0.25, "sw_batch_size": 2},
+        contract=DataContract.from_dict(
+            {
+                "data": {
+                    "channels": [
+                        {"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}
+                    ],
+                    "labels": {0: "background", 1: "body"},
+                    "spacing": None,
+                    "orientation": "RAS",
+                    "spatial_dims": 3,
+                },
+                "patch_size": [32, 32, 32],
+                "inference": {"overlap": 0.25, "sw_batch_size": 2},
+            }
+        ),
     )
     return save_checkpoint(path, Checkpoint(state_dict=net.state_dict(), spec=spec))
 
@@ -67,7 +78,9 @@ def _archive(root: Path, n: int, shape: tuple[int, ...], offset: int = 0) -> Non
 
 def _finished(out: Path) -> list[float]:
     with contextlib.closing(sqlite3.connect(f"file:{out / LEDGER_FILE}?mode=ro", uri=True)) as conn:
-        rows = conn.execute("SELECT finished_at FROM items WHERE status = 'DONE' ORDER BY finished_at").fetchall()
+        rows = conn.execute(
+            "SELECT finished_at FROM items WHERE status = 'DONE' ORDER BY finished_at"
+        ).fetchall()
     return [r[0] for r in rows]
 
 
@@ -76,7 +89,9 @@ def _makespan(*outs: Path) -> float:
     first, last = [], []
     for out in outs:
         with contextlib.closing(sqlite3.connect(f"file:{out / LEDGER_FILE}?mode=ro", uri=True)) as conn:
-            a, b = conn.execute("SELECT MIN(started_at), MAX(finished_at) FROM items WHERE status = 'DONE'").fetchone()
+            a, b = conn.execute(
+                "SELECT MIN(started_at), MAX(finished_at) FROM items WHERE status = 'DONE'"
+            ).fetchone()
         first.append(a)
         last.append(b)
     return max(last) - min(first)
@@ -86,17 +101,31 @@ def _run(inp: Path, out: Path, ckpt: Path, workers: int, ray: str | None) -> dic
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     summary = segment_archive(
-        inp, out, str(ckpt), device="cpu", formats=FORMATS, workers=workers, progress=False, scale=ScaleOut(ray=ray)
+        inp,
+        out,
+        str(ckpt),
+        InferenceOptions(device="cpu"),
+        formats=FORMATS,
+        workers=workers,
+        progress=False,
+        scale=ScaleOut(ray=ray),
     )
     wall = time.perf_counter() - start
     done = _finished(out)
-    steady = (len(done) - 1) / (done[-1] - done[0]) * 60 if len(done) > 1 and done[-1] > done[0] else float("nan")
-    return {"done": summary.counts()["DONE"], "wall_s": wall, "per_min": len(done) / wall * 60, "steady_per_min": steady}
+    steady = (
+        (len(done) - 1) / (done[-1] - done[0]) * 60 if len(done) > 1 and done[-1] > done[0] else float("nan")
+    )
+    return {
+        "done": summary.counts()["DONE"],
+        "wall_s": wall,
+        "per_min": len(done) / wall * 60,
+        "steady_per_min": steady,
+    }
 
 
 def _static_half(inp: Path, keys: list[str], half: Path) -> None:
     """A tree of hard links to the studies of ``keys`` (the items of one old static worker)."""
-    found = discover(inp, [{"name": "CT", "series": {"modality": "CT"}}], b"\0" * 32)
+    found = discover(inp, [ChannelConfig("CT", series={"modality": "CT"})], b"\0" * 32)
     by_key = {it.key: Path(it.relative_path).parts[0] for it in found.items}
     half.mkdir(parents=True)
     for key in keys:
@@ -106,12 +135,13 @@ def _static_half(inp: Path, keys: list[str], half: Path) -> None:
 
 def _static_split(inp: Path, work: Path, ckpt: Path) -> float:
     """Wall time of two single-worker runs on ``items[0::2]`` and ``items[1::2]`` (key order), run together."""
-    found = discover(inp, [{"name": "CT", "series": {"modality": "CT"}}], b"\0" * 32)
+    found = discover(inp, [ChannelConfig("CT", series={"modality": "CT"})], b"\0" * 32)
     keys = [it.key for it in found.items]
     code = (
         "import sys; sys.path.insert(0, sys.argv[4]); from medseg.batch import segment_archive; "
-        "segment_archive(sys.argv[1], sys.argv[2], sys.argv[3], device='cpu', formats=('nifti', 'report'), "
-        "progress=False)"
+        "from medseg.inference import InferenceOptions; "
+        "segment_archive(sys.argv[1], sys.argv[2], sys.argv[3], InferenceOptions(device='cpu'), "
+        "formats=('nifti', 'report'), progress=False)"
     )
     procs = []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -123,7 +153,9 @@ def _static_split(inp: Path, work: Path, ckpt: Path) -> float:
         out = work / f"static-out{i}"
         shutil.rmtree(out, ignore_errors=True)
         root = str(Path(__file__).resolve().parents[1])
-        procs.append(subprocess.Popen([sys.executable, "-c", code, str(half), str(out), str(ckpt), root], env=env))
+        procs.append(
+            subprocess.Popen([sys.executable, "-c", code, str(half), str(out), str(ckpt), root], env=env)
+        )
     for p in procs:
         if p.wait() != 0:
             raise SystemExit(f"a static-split run failed (exit {p.returncode})")
@@ -140,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--studies", type=int, default=16)
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 64, 48))
     ap.add_argument("--slow-studies", type=int, default=10)
-    ap.add_argument("--slow-factor", type=int, default=10, help="the slow study has about this many times the voxels")
+    ap.add_argument(
+        "--slow-factor", type=int, default=10, help="the slow study has about this many times the voxels"
+    )
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--only-slow", action="store_true", help="part 2 only")
     args = ap.parse_args(argv)
@@ -157,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_ray and not args.only_slow:
         configs += [("ray:1", 1, "local:1"), ("ray:2", 2, "local:2")]
     results = {}
-    print(f"\npart 1: {args.studies} studies of {tuple(args.shape)} voxels, UNet (8, 16, 32), outputs {FORMATS}")
+    print(
+        f"\npart 1: {args.studies} studies of {tuple(args.shape)} voxels, UNet (8, 16, 32), outputs {FORMATS}"
+    )
     print(f"{'config':<10}{'done':>6}{'wall s':>9}{'studies/min':>13}{'steady/min':>12}")
     for name, workers, ray in configs:
         r = _run(inp, work / f"out-{name.replace(':', '')}", ckpt, workers, ray)
@@ -171,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         big = tuple(int(round(s * f)) for s in args.shape)
         _archive(slow_inp, 1, big, offset=900)
     single = _run(slow_inp, work / "slow-single", ckpt, 1, None)
-    with contextlib.closing(sqlite3.connect(f"file:{work / 'slow-single' / LEDGER_FILE}?mode=ro", uri=True)) as c:
+    with contextlib.closing(
+        sqlite3.connect(f"file:{work / 'slow-single' / LEDGER_FILE}?mode=ro", uri=True)
+    ) as c:
         times = sorted(r[0] for r in c.execute("SELECT seconds_total FROM items WHERE status = 'DONE'"))
     ratio = times[-1] / (sum(times[:-1]) / len(times[:-1]))
     dynamic = _run(slow_inp, work / "slow-queue", ckpt, 2, None)["wall_s"]

@@ -1,8 +1,8 @@
 """Self-describing checkpoints.
 
-A checkpoint holds the weights *and* the :class:`ModelSpec` (network config, channel spec with normalization,
-labels, target spacing and orientation, patch size, inference settings, the full training config and the medseg
-version), so inference can rebuild preprocessing and network from the file alone. It is read with
+A checkpoint holds the weights *and* the :class:`ModelSpec` (network config, the :class:`medseg.contract.DataContract`
+with channels, normalization, labels, target grid, window, crop and postprocessing, the training config for
+provenance, and the medseg version), so inference can rebuild preprocessing and network from the file alone. It is read with
 ``torch.load(weights_only=True)``: only tensors and plain containers are stored, never pickled objects.
 """
 
@@ -12,7 +12,7 @@ import logging
 import os
 import pickle
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from medseg.atomic import atomic_path
-from medseg.errors import MedsegError
+from medseg.contract import DataContract, upgrade_spec
+from medseg.errors import ConfigError, MedsegError
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "medseg-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the spec holds a DataContract; format 1 is read through medseg.contract.upgrade_spec
 
 
 class CheckpointError(MedsegError):
@@ -34,64 +35,79 @@ class CheckpointError(MedsegError):
 
 @dataclass
 class ModelSpec:
-    """What a trained model expects and how to run it: the data contract stored with every model.
+    """A trained model's description: how to build its network, its data contract, and where it came from.
 
     Attributes:
         network: ``{"name": ..., **kwargs}`` for :func:`medseg.nets.build_network`.
-        channels: the channel spec, ``[{"name", "normalization", "series"}]`` in input order.
-        labels: label value -> name (0 = background).
-        spacing: target spacing in mm of the preprocessing (None: native grid).
-        orientation: axis codes of the preprocessing (e.g. "RAS").
-        spatial_dims: 2 or 3.
-        patch_size: the sliding-window / training patch size.
-        inference: sliding-window settings (``overlap``, ``sw_batch_size``, ``mode``) and postprocessing.
-        config: the full training configuration (plain data).
+        contract: the :class:`~medseg.contract.DataContract` (channels, labels, grid, window, crop,
+            postprocessing): the only thing inference reads.
+        config: the full training configuration (plain data), kept for provenance (its hash is recorded with every
+            output); inference never reads it.
         medseg_version: the version that trained it.
     """
 
     network: dict[str, Any]
-    channels: list[dict[str, Any]]
-    labels: dict[int, str]
-    spacing: list[float] | None
-    orientation: str
-    spatial_dims: int
-    patch_size: list[int]
-    inference: dict[str, Any] = field(default_factory=dict)
+    contract: DataContract
     config: dict[str, Any] = field(default_factory=dict)
     medseg_version: str = ""
 
     def __post_init__(self) -> None:
-        self.labels = {int(k): str(v) for k, v in self.labels.items()}
         if not self.medseg_version:
             from medseg._version import __version__
 
             self.medseg_version = __version__
 
     @property
+    def labels(self) -> dict[int, str]:
+        return self.contract.labels
+
+    @property
     def channel_names(self) -> list[str]:
-        return [c["name"] for c in self.channels]
+        return self.contract.channel_names
 
     @property
     def num_classes(self) -> int:
-        return max(self.labels) + 1
+        return self.contract.num_classes
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.contract.spatial_dims
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data (label keys become strings)."""
-        d = asdict(self)
-        d["labels"] = {str(k): v for k, v in self.labels.items()}
-        return d
+        return {
+            "network": dict(self.network),
+            "contract": self.contract.to_dict(),
+            "config": self.config,
+            "medseg_version": self.medseg_version,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
+        """Current spec data, or a format-1 spec converted by :func:`medseg.contract.upgrade_spec`.
+
+        Raises:
+            CheckpointError: unknown or missing keys, or an invalid contract.
+        """
+        try:
+            current = upgrade_spec(data)
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+        unknown = sorted(set(current) - {"network", "contract", "config", "medseg_version"})
         if unknown:
             raise CheckpointError(f"model spec has unknown keys {unknown} (written by a newer medseg?)")
-        missing = sorted(k for k in ("network", "channels", "labels", "spacing", "orientation", "spatial_dims",
-                                     "patch_size") if k not in data)
-        if missing:
-            raise CheckpointError(f"model spec is missing {missing}")
-        return cls(**data)
+        if not isinstance(current.get("network"), dict) or "name" not in current["network"]:
+            raise CheckpointError("model spec has no network description")
+        try:
+            contract = DataContract.from_dict(current["contract"], "model spec contract")
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+        return cls(
+            network=dict(current["network"]),
+            contract=contract,
+            config=dict(current.get("config") or {}),
+            medseg_version=str(current.get("medseg_version") or ""),
+        )
 
 
 @dataclass

@@ -13,6 +13,10 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medseg.inference.options import InferenceOptions
 
 EXIT_OK = 0
 EXIT_INPUT = 2
@@ -220,23 +224,36 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
                    help="run on Ray (pip install 'medseg[ray]'): auto (the cluster of this node), an address "
                    "(HOST:PORT, ray://HOST:PORT) or local[:N] (a new Ray instance here with N CPUs); the input and "
                    "output must be on a file system shared by all nodes")
+    p.add_argument("--case-timeout", default="auto", metavar="auto|off|SECONDS",
+                   help="per-case time limit of worker processes / Ray actors: a worker still on one case after it "
+                   "is killed and replaced, the case FAILED (WorkerTimeout) and retried by the next run; auto "
+                   "(default): max(600 s, 20x the run's median case time), only with --workers >= 2 or --ray; a "
+                   "number of seconds also makes one worker compute in a stoppable process")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI for models:/ and runs:/ URIs (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def postprocess_arg(args: argparse.Namespace) -> bool | dict[str, object] | None:
-    """The ``postprocess`` argument of :func:`medseg.batch.segment_archive` from the command line's options."""
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The :class:`~medseg.inference.InferenceOptions` of ``medseg segment``'s command line."""
+    from medseg.inference.options import InferenceOptions
+
+    postprocess: bool | dict[str, object] | None
     if args.no_postprocess:
         if args.largest_component is not None or args.min_volume_mm3 is not None:
             raise ValueError("--no-postprocess cannot be combined with --largest-component or --min-volume-mm3")
-        return False
-    settings: dict[str, object] = {}
-    if args.largest_component is not None:
-        settings["largest_component"] = list(args.largest_component) or True
-    if args.min_volume_mm3 is not None:
-        settings["min_volume_mm3"] = args.min_volume_mm3
-    return settings or None
+        postprocess = False
+    else:
+        settings: dict[str, object] = {}
+        if args.largest_component is not None:
+            settings["largest_component"] = list(args.largest_component) or True
+        if args.min_volume_mm3 is not None:
+            settings["min_volume_mm3"] = args.min_volume_mm3
+        postprocess = settings or None
+    return InferenceOptions(
+        device=args.device, tta=args.tta, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
+        postprocess=postprocess,
+    )
 
 
 class _Terminated(KeyboardInterrupt):
@@ -270,10 +287,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     try:
         with _sigterm_as_interrupt():
             summary = segment_archive(
-                args.input, args.output, args.model, device=args.device, tta=args.tta, overlap=args.overlap,
-                sw_batch_size=args.sw_batch_size, postprocess=postprocess_arg(args), formats=args.formats,
+                args.input, args.output, args.model, inference_options(args), formats=args.formats,
                 workers=args.workers,
-                tracking_uri=tracking_uri, progress=not args.no_progress, scale=ScaleOut(ray=args.ray),
+                tracking_uri=tracking_uri, progress=not args.no_progress,
+                scale=ScaleOut(ray=args.ray, case_timeout=args.case_timeout),
             )
     except _Terminated:
         print("medseg segment: terminated (SIGTERM); the case in progress was rolled back and the reports "

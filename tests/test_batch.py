@@ -47,6 +47,7 @@ from medseg.batch.publish import sha256_file
 from medseg.data.dicom import read_dicom
 from medseg.errors import ConfigError
 from medseg.inference import Predictor
+from medseg.inference.options import InferenceOptions
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -376,7 +377,7 @@ def test_a_failed_item_is_recorded_scrubbed_and_retried_by_the_next_run(tmp_path
 
 def test_an_output_folder_refuses_results_of_another_model(small_run):
     archive, out = small_run
-    other = Predictor(ThresholdNet(), threshold_spec(), device="cpu", tta=True)
+    other = Predictor(ThresholdNet(), threshold_spec(), InferenceOptions(device="cpu", tta=True))
     with pytest.raises(ConfigError, match="different model or inference settings"):
         segment_archive(archive.root, out, other, formats=("nifti", "qc"), progress=False)
     with pytest.raises(ConfigError, match="different naming key"):

@@ -21,6 +21,7 @@ from test_batch_support import write_archive
 from medseg.atomic import TEMP_PREFIX
 from medseg.batch import LEDGER_FILE, REPORT_JSON
 from medseg.checkpoint import Checkpoint, save_checkpoint
+from medseg.inference.options import InferenceOptions
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -48,7 +49,9 @@ def archive(tmp_path_factory):
 def model(tmp_path_factory) -> Path:
     from test_batch_support import threshold_spec
 
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "threshold.pt", Checkpoint({}, threshold_spec()))
+    return save_checkpoint(
+        tmp_path_factory.mktemp("model") / "threshold.pt", Checkpoint({}, threshold_spec())
+    )
 
 
 def _segment(archive, out: Path, model: Path, delay: float, **kw) -> subprocess.Popen:
@@ -61,7 +64,9 @@ def _segment(archive, out: Path, model: Path, delay: float, **kw) -> subprocess.
 
 
 def _statuses(out: Path) -> dict[str, str]:
-    with contextlib.closing(sqlite3.connect(f"file:{out / LEDGER_FILE}?mode=ro", uri=True, timeout=5)) as conn:
+    with contextlib.closing(
+        sqlite3.connect(f"file:{out / LEDGER_FILE}?mode=ro", uri=True, timeout=5)
+    ) as conn:
         return dict(conn.execute("SELECT key, status FROM items").fetchall())
 
 
@@ -237,11 +242,11 @@ def test_an_input_changing_during_its_segmentation_is_quarantined_and_retried(tm
             return super().forward(x)
 
     out = tmp_path / "out"
-    first = segment_archive(archive.root, out, Predictor(TouchOnce(), threshold_spec(), device="cpu"),
+    first = segment_archive(archive.root, out, Predictor(TouchOnce(), threshold_spec(), InferenceOptions(device="cpu")),
                             name_key=NAME_KEY, progress=False, formats=("nifti", "report"))  # fmt: skip
     assert (first.done, first.quarantined) == (0, 1) and first.reasons() == {"INPUT_CHANGED": 1}
     assert not [p for p in out.iterdir() if p.is_dir()]  # nothing published for the changed input
-    second = segment_archive(archive.root, out, Predictor(TouchOnce(), threshold_spec(), device="cpu"),
+    second = segment_archive(archive.root, out, Predictor(TouchOnce(), threshold_spec(), InferenceOptions(device="cpu")),
                              name_key=NAME_KEY, progress=False, formats=("nifti", "report"))  # fmt: skip
     assert (second.done, second.quarantined, second.processed) == (1, 0, 1)
 
@@ -287,7 +292,9 @@ def test_a_full_disk_fails_the_case_or_stops_the_run_with_one_line_and_nothing_p
 
     inp = tmp_path / "in"
     inp.mkdir()
-    noise = np.random.default_rng(0).normal(-500, 400, size=(128, 128, 64)).astype(np.int16)  # incompressible labels
+    noise = (
+        np.random.default_rng(0).normal(-500, 400, size=(128, 128, 64)).astype(np.int16)
+    )  # incompressible labels
     nib.save(nib.Nifti1Image(noise, np.diag([0.8, 0.8, 2.0, 1.0])), inp / "ct.nii.gz")
     out = tmp_path / "out"
     code = _RUN.format(tests=str(TESTS), delay=0.0)
@@ -300,7 +307,9 @@ def test_a_full_disk_fails_the_case_or_stops_the_run_with_one_line_and_nothing_p
     assert limited.returncode == 1, limited.stderr  # 1: a case FAILED, to be retried
     assert "Traceback" not in limited.stderr
     assert set(_statuses(out).values()) == {"FAILED"}
-    assert not [p for p in out.rglob("*") if p.name.startswith(TEMP_PREFIX)] and not list(out.glob("*/label.nii.gz"))
+    assert not [p for p in out.rglob("*") if p.name.startswith(TEMP_PREFIX)] and not list(
+        out.glob("*/label.nii.gz")
+    )
     # no room for the ledger either
     out2 = tmp_path / "out2"
     argv2 = [*argv[:4], str(inp), str(out2), *argv[6:]]
@@ -368,10 +377,11 @@ def test_workers_keep_the_version_an_alias_had_when_the_run_started(tmp_path, mo
     monkeypatch.setitem(NETWORKS, "threshold", ThresholdNet)  # here; the workers register it in their set-up
     uri = resolve_tracking_uri(None, {}, tmp_path / "mlflow")
     for label_name in ("body", "tissue"):  # version 1, then version 2 (which takes @champion)
-        spec = threshold_spec()
-        spec.labels = {0: "background", 1: label_name}
+        spec = threshold_spec(body=label_name)
         ckpt = save_checkpoint(tmp_path / f"{label_name}.pt", Checkpoint({}, spec))
-        with RunLogger(TrackingConfig(experiment="alias", timeout_s=10), uri, tmp_path / "spool").start("t") as run:
+        with RunLogger(TrackingConfig(experiment="alias", timeout_s=10), uri, tmp_path / "spool").start(
+            "t"
+        ) as run:
             register_model(run, ckpt, spec.to_dict(), "alias-test")
     archive = write_archive(tmp_path / "archive", n_good=4, bad=False)
     setup = functools.partial(_move_alias_then_register, uri, "alias-test", 1)

@@ -15,6 +15,7 @@ from test_batch_support import write_archive
 from medseg.batch import LEDGER_FILE
 from medseg.batch.publish import sha256_file
 from medseg.checkpoint import Checkpoint, ModelSpec, save_checkpoint
+from medseg.contract import DataContract
 from medseg.nets import build_network, network_config
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "segment_archive.py"
@@ -32,13 +33,21 @@ def _checkpoint(path: Path) -> Path:
     net = build_network("unet", spatial_dims=3, in_channels=1, out_channels=2, features=(2, 4))
     spec = ModelSpec(
         network=network_config(net),
-        channels=[{"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}],
-        labels={0: "background", 1: "body"},
-        spacing=None,
-        orientation="RAS",
-        spatial_dims=3,
-        patch_size=[16, 16, 16],
-        inference={"overlap": 0.25, "sw_batch_size": 2},
+        contract=DataContract.from_dict(
+            {
+                "data": {
+                    "channels": [
+                        {"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}
+                    ],
+                    "labels": {0: "background", 1: "body"},
+                    "spacing": None,
+                    "orientation": "RAS",
+                    "spatial_dims": 3,
+                },
+                "patch_size": [16, 16, 16],
+                "inference": {"overlap": 0.25, "sw_batch_size": 2},
+            }
+        ),
     )
     return save_checkpoint(path, Checkpoint(state_dict=net.state_dict(), spec=spec))
 

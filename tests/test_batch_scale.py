@@ -35,6 +35,7 @@ from medseg.batch.publish import sha256_file
 from medseg.batch.workers import ModelSource, run_in_workers
 from medseg.cli import main as cli_main
 from medseg.errors import ConfigError
+from medseg.inference.options import InferenceOptions
 from medseg.nets.registry import NETWORKS
 from medseg.synthetic.dataset import write_ct_study
 
@@ -106,7 +107,9 @@ def test_ray_targets_and_actor_plans():
 
 def test_ray_missing_gives_one_line_saying_how_to_install(tmp_path, capsys, monkeypatch):
     archive = write_archive(tmp_path / "in", n_good=1, bad=False)
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: `import ray` raises ImportError
+    monkeypatch.setitem(
+        sys.modules, "ray", None
+    )  # as if Ray were not installed: `import ray` raises ImportError
     argv = ["segment", str(archive.root), str(tmp_path / "out"), "--model", "m.pt", "--ray", "local:2"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -123,14 +126,14 @@ def _ledger_rows(out: Path) -> dict[str, tuple]:
 
 def _run_queue(root: Path, out: Path, ckpt: Path, workers: int, on_outcome=None) -> list:
     """``run_in_workers`` on every item under ``root`` (the runner's set-up, without its reports)."""
-    found = discover(root, threshold_spec().channels, NAME_KEY)
+    found = discover(root, threshold_spec().contract.channels, NAME_KEY)
     out.mkdir()
     outcomes = []
     with Ledger.open(out / LEDGER_FILE) as ledger:
         run_id = ledger.begin_run("test", {})
         ledger.sync(((it.key, it.kind.value, None) for it in found.items), run_id)
         ctx = RunContext(found.root, out, ("nifti",), {}, NAME_KEY, _dt.datetime(2024, 1, 1))
-        model = ModelSource(str(ckpt), "cpu", None, False, None, None)
+        model = ModelSource(str(ckpt), None, InferenceOptions(device="cpu"))
 
         def record(outcome):
             outcomes.append(outcome)
@@ -155,7 +158,7 @@ def test_one_slow_study_holds_one_worker_while_the_other_does_the_rest(tmp_path,
     assert sorted(o.status.value for o in outcomes) == ["DONE"] * 9
     assert len({o.key for o in outcomes}) == 9  # every study once
     per_worker = collections.Counter(o.worker for o in outcomes)
-    items = discover(root, threshold_spec().channels, NAME_KEY).items
+    items = discover(root, threshold_spec().contract.channels, NAME_KEY).items
     big_key = next(it.key for it in items if Path(it.relative_path).parts[0] == "big")
     slow = next(o.worker for o in outcomes if o.key == big_key)
     other = next(w for w in per_worker if w != slow)
@@ -192,8 +195,15 @@ def test_a_killed_worker_fails_only_its_item_and_the_others_go_on(tmp_path, monk
     assert not [p.name for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]  # no partial case left
 
     monkeypatch.setitem(NETWORKS, "threshold", ThresholdNet)  # the rerun (one process) loads the model here
-    summary = segment_archive(archive.root, out, str(ckpt), device="cpu", formats=("nifti",), progress=False,
-                              name_key=NAME_KEY)
+    summary = segment_archive(
+        archive.root,
+        out,
+        str(ckpt),
+        InferenceOptions(device="cpu"),
+        formats=("nifti",),
+        progress=False,
+        name_key=NAME_KEY,
+    )
     assert summary.counts()["DONE"] == 8 and summary.processed == 1 and summary.already_done == 7
     assert _ledger_rows(out)[failed][1] == 2  # retried once, by the rerun
 
@@ -208,7 +218,9 @@ def ray_cluster():
         _node_ip_address="127.0.0.1",
         logging_level="WARNING",
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": TESTS}},  # actors import test_batch_support (register_threshold)
+        runtime_env={
+            "env_vars": {"PYTHONPATH": TESTS}
+        },  # actors import test_batch_support (register_threshold)
     )
     yield ray
     ray.shutdown()
@@ -228,8 +240,10 @@ def test_ray_actors_segment_the_archive_like_one_process_and_survive_a_killed_ac
     archive = write_archive(tmp_path / "in", n_good=17)
     ckpt = save_threshold_checkpoint(tmp_path / "m.pt", delay_s=0.15)
     monkeypatch.setitem(NETWORKS, "threshold", ThresholdNet)  # the driver loads the model for its spec
-    common = dict(device="cpu", formats=FORMATS, progress=False, name_key=NAME_KEY)
-    single = segment_archive(archive.root, tmp_path / "single", str(ckpt), **common)
+    common = dict(formats=FORMATS, progress=False, name_key=NAME_KEY)
+    single = segment_archive(
+        archive.root, tmp_path / "single", str(ckpt), InferenceOptions(device="cpu"), **common
+    )
     assert single.counts()["DONE"] == 17
 
     out = tmp_path / "ray"
@@ -249,7 +263,9 @@ def test_ray_actors_segment_the_archive_like_one_process_and_survive_a_killed_ac
     killer = threading.Thread(target=kill_an_actor_mid_run, daemon=True)
     killer.start()
     scale = ScaleOut(ray="local:2", worker_setup=register_threshold)
-    summary = segment_archive(archive.root, out, str(ckpt), scale=scale, **common)
+    summary = segment_archive(
+        archive.root, out, str(ckpt), InferenceOptions(device="cpu"), scale=scale, **common
+    )
     killer.join(timeout=5)
 
     assert killed, "the actor was not killed during the run"
@@ -268,7 +284,9 @@ def test_ray_actors_segment_the_archive_like_one_process_and_survive_a_killed_ac
     # a rerun resumes from the ledger: only the study whose outputs went missing is computed again
     gone = sorted(k for k, r in rows.items() if r[0] == "DONE")[0]
     shutil.rmtree(out / gone)
-    again = segment_archive(archive.root, out, str(ckpt), scale=scale, **common)
+    again = segment_archive(
+        archive.root, out, str(ckpt), InferenceOptions(device="cpu"), scale=scale, **common
+    )
     assert again.processed == 1 and again.already_done == 16 and again.counts()["DONE"] == 17
     assert _labels(out, _ledger_rows(out)) == _labels(tmp_path / "single", _ledger_rows(tmp_path / "single"))
     assert Status.DONE.value == _ledger_rows(out)[gone][0]

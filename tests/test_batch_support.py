@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from medseg.checkpoint import ModelSpec
+from medseg.contract import DataContract
 from medseg.inference import Predictor
+from medseg.inference.options import InferenceOptions
 from medseg.synthetic.dataset import write_ct_study
 from medseg.synthetic.dicom_writer import affine_for, write_dicom_series
 from medseg.synthetic.phantoms import make_ct_phantom
@@ -46,27 +48,33 @@ class ThresholdNet(torch.nn.Module):
         return torch.cat([torch.zeros_like(first), (first - THRESHOLD_HU) / 100.0], dim=1)
 
 
-def threshold_spec(channels: tuple[tuple[str, str], ...] = (("CT", "CT"),)) -> ModelSpec:
-    """A spec whose channels are ``(name, modality rule)`` pairs."""
+def threshold_spec(channels: tuple[tuple[str, str], ...] = (("CT", "CT"),), body: str = "body") -> ModelSpec:
+    """A spec whose channels are ``(name, modality rule)`` pairs; label 1 is named ``body``."""
     return ModelSpec(
         network={"name": "threshold"},
-        channels=[
-            {"name": name, "normalization": {"name": "none"}, "series": {"modality": modality}}
-            for name, modality in channels
-        ],
-        labels={0: "background", 1: "body"},
-        spacing=None,
-        orientation="RAS",
-        spatial_dims=3,
-        patch_size=[16, 16, 16],
-        inference={"overlap": 0.5, "sw_batch_size": 2},
+        contract=DataContract.from_dict(
+            {
+                "data": {
+                    "channels": [
+                        {"name": name, "normalization": {"name": "none"}, "series": {"modality": modality}}
+                        for name, modality in channels
+                    ],
+                    "labels": {0: "background", 1: body},
+                    "spacing": None,
+                    "orientation": "RAS",
+                    "spatial_dims": 3,
+                },
+                "patch_size": [16, 16, 16],
+                "inference": {"overlap": 0.5, "sw_batch_size": 2},
+            }
+        ),
     )
 
 
 def threshold_predictor(
     delay_s: float = 0.0, channels: tuple[tuple[str, str], ...] = (("CT", "CT"),)
 ) -> Predictor:
-    return Predictor(ThresholdNet(delay_s), threshold_spec(channels), device="cpu")
+    return Predictor(ThresholdNet(delay_s), threshold_spec(channels), InferenceOptions(device="cpu"))
 
 
 @dataclass

@@ -33,8 +33,10 @@ from medseg.batch.prefetch import LoadFailure, Prefetcher
 from medseg.batch.process import scrub
 from medseg.batch.progress import ProgressBar, format_duration, format_progress
 from medseg.batch.publish import clean_stale_temps, folder_matches, lock_output, publish_folder, sha256_file
+from medseg.config import ChannelConfig
 from medseg.data.io import save_image
 from medseg.errors import ConfigError, InputError, ReasonCode
+from medseg.inference.options import InferenceOptions
 from medseg.synthetic.dicom_writer import affine_for, write_dicom_series
 from medseg.synthetic.phantoms import make_ct_phantom
 
@@ -247,7 +249,7 @@ def test_discovery_of_nifti_files_case_folders_and_junk(tmp_path):
     (root / ".DS_Store").write_bytes(b"\0")
     (root / "results").mkdir()
     _nifti(root / "results" / "old.nii.gz")
-    channels = [{"name": n, "series": {"modality": m}} for n, m in TWO_CHANNELS]
+    channels = [ChannelConfig(n, series={"modality": m}) for n, m in TWO_CHANNELS]
 
     found = discover(root, channels, NAME_KEY, exclude=[root / "results"])
     items = {it.relative_path: it for it in found.items}
@@ -347,7 +349,7 @@ def test_channels_on_different_grids_are_quarantined(tmp_path):
             r"unknown output format\(s\) \['png'\]; valid: \['nifti', 'seg', 'report', 'qc'\]",
         ),
         ({"formats": ()}, "at least one output format"),
-        ({"tta": True}, "set them on the Predictor instead"),
+        ({"options": InferenceOptions(tta=True)}, "a ready Predictor has its own"),
         ({"workers": 2}, "workers > 1 needs a model URI"),
     ],
 )

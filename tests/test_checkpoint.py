@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -17,17 +18,27 @@ from medseg.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from medseg.contract import DataContract
 
 
 def _spec() -> ModelSpec:
     return ModelSpec(
         network={"name": "unet", "spatial_dims": 3, "in_channels": 3, "out_channels": 2},
-        channels=[{"name": n, "normalization": {"name": "zscore"}, "series": None} for n in ("CBF", "MTT", "CBV")],
-        labels={0: "background", 1: "lesion"},
-        spacing=[3.0, 3.0, 5.0],
-        orientation="RAS",
-        spatial_dims=3,
-        patch_size=[32, 32, 16],
+        contract=DataContract.from_dict(
+            {
+                "data": {
+                    "channels": [
+                        {"name": n, "normalization": {"name": "zscore"}, "series": None}
+                        for n in ("CBF", "MTT", "CBV")
+                    ],
+                    "labels": {0: "background", 1: "lesion"},
+                    "spacing": [3.0, 3.0, 5.0],
+                    "orientation": "RAS",
+                    "spatial_dims": 3,
+                },
+                "patch_size": [32, 32, 16],
+            }
+        ),
     )
 
 
@@ -38,7 +49,9 @@ def test_roundtrip_with_optimizer_and_rng(tmp_path):
     opt.step()
     rng = capture_rng()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    ckpt = Checkpoint(model.state_dict(), _spec(), epoch=7, metrics={"val_dice": 0.93}, optimizer=opt.state_dict(), rng=rng)
+    ckpt = Checkpoint(
+        model.state_dict(), _spec(), epoch=7, metrics={"val_dice": 0.93}, optimizer=opt.state_dict(), rng=rng
+    )
     path = save_checkpoint(tmp_path / "ck" / "last.pt", ckpt)
     back = load_checkpoint(path)
     assert back.epoch == 7 and back.metrics == {"val_dice": pytest.approx(0.93)}
@@ -79,7 +92,11 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_spec_json_roundtrip():
     spec = _spec()
     d = spec.to_dict()
-    assert d["labels"] == {"0": "background", "1": "lesion"}
-    assert ModelSpec.from_dict(d) == spec
+    assert d["contract"]["data"]["labels"] == {"0": "background", "1": "lesion"}
+    assert ModelSpec.from_dict(json.loads(json.dumps(d))) == spec
     with pytest.raises(CheckpointError, match="unknown keys"):
         ModelSpec.from_dict({**d, "surprise": 1})
+    bad = json.loads(json.dumps(d))
+    bad["contract"]["data"]["spacing"] = [3.0, 3.0]
+    with pytest.raises(CheckpointError, match=r"model spec contract: data.spacing: expected 3 positive values"):
+        ModelSpec.from_dict(bad)

@@ -18,6 +18,8 @@ import torch
 import medseg
 from medseg.checkpoint import Checkpoint, CheckpointError, ModelSpec, save_checkpoint
 from medseg.cli import main as cli_main
+from medseg.contract import DataContract
+from medseg.inference.options import InferenceOptions
 from medseg.nets import build_network
 from medseg.tracking import RunLogger, TrackingConfig, register_model, resolve_model_uri, resolve_tracking_uri
 from medseg.tracking.errors import ModelIntegrityError
@@ -34,12 +36,18 @@ def _quiet():
 def _spec(network: dict | None = None, labels: dict | None = None) -> ModelSpec:
     return ModelSpec(
         network=dict(network or NET),
-        channels=[{"name": "image", "normalization": {"name": "zscore"}, "series": None}],
-        labels=labels or {0: "background", 1: "organ"},
-        spacing=None,
-        orientation="RAS",
-        spatial_dims=3,
-        patch_size=[16, 16, 16],
+        contract=DataContract.from_dict(
+            {
+                "data": {
+                    "channels": [{"name": "image", "normalization": {"name": "zscore"}, "series": None}],
+                    "labels": labels or {0: "background", 1: "organ"},
+                    "spacing": None,
+                    "orientation": "RAS",
+                    "spatial_dims": 3,
+                },
+                "patch_size": [16, 16, 16],
+            }
+        ),
     )
 
 
@@ -135,11 +143,20 @@ def test_pickle_payload_never_runs(study, tmp_path, capsys):
 def test_registered_checkpoint_changed_after_registration_is_refused(study, tmp_path, capsys):
     uri = resolve_tracking_uri(None, {}, tmp_path / "mlflow")
     ckpt = _save(tmp_path / "best.pt", _weights(), _spec())
-    with RunLogger(TrackingConfig(experiment="integrity", timeout_s=10), uri, tmp_path / "spool").start("t") as run:
+    with RunLogger(TrackingConfig(experiment="integrity", timeout_s=10), uri, tmp_path / "spool").start(
+        "t"
+    ) as run:
         register_model(run, ckpt, _spec().to_dict(), "integrity-model")
     # the registered model loads as it is
-    assert medseg.load_model("models:/integrity-model@champion", tracking_uri=uri, cache_dir=tmp_path / "c1",
-                             device="cpu").model_name == "integrity-model"
+    assert (
+        medseg.load_model(
+            "models:/integrity-model@champion",
+            InferenceOptions(device="cpu"),
+            tracking_uri=uri,
+            cache_dir=tmp_path / "c1",
+        ).model_name
+        == "integrity-model"
+    )
     # one flipped byte in the stored artifact (what a damaged disk or a tampering hand would leave)
     stored = [p for p in (tmp_path / "mlflow").rglob("best.pt")]
     assert len(stored) == 1
@@ -157,4 +174,4 @@ def test_check_weights_names_the_file_for_in_memory_checkpoints():
     from medseg.inference import Predictor
 
     with pytest.raises(CheckpointError, match="checkpoint: not a usable model"):
-        Predictor.from_checkpoint(Checkpoint(state_dict={}, spec=_spec()), device="cpu")
+        Predictor.from_checkpoint(Checkpoint(state_dict={}, spec=_spec()), InferenceOptions(device="cpu"))

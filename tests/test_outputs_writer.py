@@ -18,6 +18,7 @@ from PIL import Image
 
 from medseg.atomic import TEMP_PREFIX
 from medseg.checkpoint import ModelSpec
+from medseg.contract import DataContract
 from medseg.data.dicom import scan_dicom_tree
 from medseg.data.io import load_volume, save_image
 from medseg.outputs import FORMATS, model_provenance, uid_hash, write_case_outputs
@@ -31,12 +32,18 @@ CONFIG = {"data": {"spacing": None}, "train": {"epochs": 1, "lr": 0.01}}
 def _spec() -> ModelSpec:
     return ModelSpec(
         network={"name": "unet"},
-        channels=[{"name": "CT", "normalization": {"name": "ct_window"}}],
-        labels=LABELS,
-        spacing=None,
-        orientation="RAS",
-        spatial_dims=3,
-        patch_size=[16, 16, 16],
+        contract=DataContract.from_dict(
+            {
+                "data": {
+                    "channels": [{"name": "CT", "normalization": {"name": "ct_window", "center": 40, "width": 400}}],
+                    "labels": LABELS,
+                    "spacing": None,
+                    "orientation": "RAS",
+                    "spatial_dims": 3,
+                },
+                "patch_size": [16, 16, 16],
+            }
+        ),
         config=CONFIG,
     )
 

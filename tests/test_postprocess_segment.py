@@ -19,10 +19,11 @@ from test_batch_support import ThresholdNet, threshold_spec
 
 from medseg.checkpoint import Checkpoint, save_checkpoint
 from medseg.cli import main as cli_main
-from medseg.config import load_config
+from medseg.config import load_config, to_dict
+from medseg.contract import DataContract
 from medseg.errors import ConfigError
 from medseg.inference import Predictor
-from medseg.inference.postprocess import Postprocess
+from medseg.inference.options import InferenceOptions
 from medseg.nets import build_network
 from medseg.nets.registry import NETWORKS
 from medseg.synthetic.phantoms import make_affine
@@ -63,12 +64,14 @@ def _image() -> MetaTensor:
 def _spec(postprocess: dict | None):
     spec = threshold_spec()
     if postprocess is not None:
-        spec.inference["postprocess"] = postprocess
+        data = spec.contract.to_dict()
+        data["inference"]["postprocess"] = postprocess
+        spec.contract = DataContract.from_dict(data, "model spec")
     return spec
 
 
 def _predict(spec_pp: dict | None, **kw) -> np.ndarray:
-    predictor = Predictor(ThresholdNet(), _spec(spec_pp), device="cpu", **kw)
+    predictor = Predictor(ThresholdNet(), _spec(spec_pp), InferenceOptions(device="cpu", **kw))
     label = predictor.predict(_image())
     assert tuple(label.shape) == (1, *SHAPE)
     np.testing.assert_allclose(label.affine.numpy(), _image().affine.numpy())
@@ -108,17 +111,21 @@ def test_predictor_argument_overrides_the_model_settings() -> None:
     np.testing.assert_array_equal(
         _predict(model, postprocess={"largest_component": False}), TRUTH["big+medium"]
     )
-    np.testing.assert_array_equal(_predict(model, postprocess=Postprocess(min_volume_mm3=1.0)), TRUTH["all"])
+    np.testing.assert_array_equal(
+        _predict(model, postprocess={"largest_component": False, "min_volume_mm3": 1.0}), TRUTH["all"]
+    )
 
 
 def test_bad_settings_are_config_errors_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"postprocess: unknown key\(s\) \['min_volume'\]"):
         _predict(None, postprocess={"min_volume": 5})
-    with pytest.raises(ConfigError, match=r"model spec inference.postprocess.*largest_component"):
+    with pytest.raises(ConfigError, match=r"model spec: inference.postprocess.largest_component"):
         _predict({"largest_component": "yes"})
-    with pytest.raises(ConfigError, match="postprocess must be None, True, False, a mapping"):
+    with pytest.raises(ConfigError, match="postprocess: must be None, true, false or a mapping"):
         _predict(None, postprocess=3)
-    with pytest.raises(ConfigError, match=r"label value\(s\) \[2, 7\] are not labels of the model; its labels"):
+    with pytest.raises(
+        ConfigError, match=r"label value\(s\) \[2, 7\] are not labels of the model; its labels"
+    ):
         _predict(None, postprocess={"largest_component": [1, 7], "min_volume_mm3": {2: 5.0}})
 
 
@@ -129,14 +136,14 @@ def test_config_settings_reach_the_model_spec(tmp_path: Path) -> None:
     )
     net = build_network("unet", spatial_dims=3, in_channels=3, out_channels=2, features=[4, 8])
     spec = build_model_spec(config, net)
-    assert spec.inference["postprocess"] == {
+    assert to_dict(spec.contract.inference.postprocess) == {
         "largest_component": True,  # from configs/demo.yaml
         "min_volume_mm3": {1: 20.0},
         "connectivity": 1,
     }
     path = save_checkpoint(tmp_path / "model.pt", Checkpoint(state_dict=net.state_dict(), spec=spec))
-    predictor = Predictor.from_checkpoint(path, device="cpu")
-    assert predictor.postprocess.to_config() == spec.inference["postprocess"]
+    predictor = Predictor.from_checkpoint(path, InferenceOptions(device="cpu"))
+    assert predictor.postprocess.to_config() == to_dict(spec.contract.inference.postprocess)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ import torch
 from monai.data import MetaTensor
 
 from medseg.checkpoint import ModelSpec
+from medseg.contract import DataContract
 from medseg.inference import Predictor, resolve_device
+from medseg.inference.options import InferenceOptions
 from medseg.inference.prepare import CropRule
 from medseg.synthetic.phantoms import make_affine
 
@@ -23,16 +25,35 @@ class ThresholdNet(torch.nn.Module):
         return -((x - levels) ** 2)
 
 
-def _spec(spacing=None) -> ModelSpec:
+def _spec(
+    spacing=None,
+    *,
+    spatial_dims=3,
+    patch_size=(16, 16, 16),
+    slice_axis=None,
+    overlap=0.5,
+    crop=None,
+    channels=("CT",),
+) -> ModelSpec:
     return ModelSpec(
         network={"name": "threshold"},
-        channels=[{"name": "CT", "normalization": {"name": "none"}, "series": None}],
-        labels={0: "background", 1: "a", 2: "b", 3: "c"},
-        spacing=spacing,
-        orientation="RAS",
-        spatial_dims=3,
-        patch_size=[16, 16, 16],
-        inference={"overlap": 0.5, "sw_batch_size": 2},
+        contract=DataContract.from_dict(
+            {
+                "data": {
+                    "channels": [
+                        {"name": n, "normalization": {"name": "none"}, "series": None} for n in channels
+                    ],
+                    "labels": {0: "background", 1: "a", 2: "b", 3: "c"},
+                    "spacing": spacing,
+                    "orientation": "RAS",
+                    "spatial_dims": spatial_dims,
+                    "slice_axis": slice_axis,
+                },
+                "patch_size": list(patch_size),
+                "inference": {"overlap": overlap, "sw_batch_size": 2},
+                "crop": crop,
+            }
+        ),
     )
 
 
@@ -56,7 +77,7 @@ def test_threshold_model_returns_label_on_input_grid(axcodes, rotation, tta):
     image = MetaTensor(
         torch.as_tensor(LEVELS.numpy()[lab][None], dtype=torch.float32), affine=torch.as_tensor(affine)
     )
-    pred = Predictor(ThresholdNet(), _spec(), device="cpu", tta=tta).predict(image)
+    pred = Predictor(ThresholdNet(), _spec(), InferenceOptions(device="cpu", tta=tta)).predict(image)
     assert tuple(pred.shape) == (1, *lab.shape)
     assert torch.equal(pred.affine.double(), torch.as_tensor(affine))
     np.testing.assert_array_equal(pred[0].numpy(), lab)
@@ -65,7 +86,7 @@ def test_threshold_model_returns_label_on_input_grid(axcodes, rotation, tta):
 def test_channel_count_checked():
     image = MetaTensor(torch.zeros(2, 8, 8, 8), affine=torch.eye(4))
     with pytest.raises(ValueError, match=r"expects 1 channel\(s\) \['CT'\], the image has 2"):
-        Predictor(ThresholdNet(), _spec(), device="cpu").predict(image)
+        Predictor(ThresholdNet(), _spec(), InferenceOptions(device="cpu")).predict(image)
 
 
 def test_resolve_device():
@@ -90,11 +111,8 @@ def test_2d_model_runs_slice_wise_on_volumes(slice_axis):
     image = MetaTensor(
         torch.as_tensor(LEVELS.numpy()[lab][None], dtype=torch.float32), affine=torch.as_tensor(affine)
     )
-    spec = _spec()
-    spec.spatial_dims = 2
-    spec.patch_size = [16, 16]
-    spec.inference["slice_axis"] = slice_axis
-    pred = Predictor(ThresholdNet2D(), spec, device="cpu", tta=True).predict(image)
+    spec = _spec(spatial_dims=2, patch_size=(16, 16), slice_axis=slice_axis)
+    pred = Predictor(ThresholdNet2D(), spec, InferenceOptions(device="cpu", tta=True)).predict(image)
     np.testing.assert_array_equal(pred[0].numpy(), lab)
 
 
@@ -111,12 +129,9 @@ def _ct_like(shape=(40, 36, 22), corner=(8, 7, 4)) -> tuple[np.ndarray, np.ndarr
     return image, lab
 
 
-def _crop_spec(spacing=(1.4, 1.3, 2.2), margin=2) -> ModelSpec:
-    spec = _spec(spacing=list(spacing))
-    spec.config = {
-        "train": {"crop_foreground": True, "foreground_threshold": -500.0, "foreground_margin": margin}
-    }
-    return spec
+def _crop_spec(spacing=(1.4, 1.3, 2.2), margin=2, overlap=0.5) -> ModelSpec:
+    spacing = None if spacing is None else list(spacing)
+    return _spec(spacing=spacing, overlap=overlap, crop={"threshold": -500.0, "margin": margin})
 
 
 @pytest.mark.parametrize("axcodes,rotation", [("LPS", (0, 0, 0)), ("RAS", (10, -20, 15))])
@@ -125,8 +140,8 @@ def test_foreground_crop_gives_the_labels_of_the_whole_grid_with_fewer_windows(a
     image, _ = _ct_like(shape=(70, 40, 40), corner=(40, 9, 20))
     affine = make_affine(image.shape, (1.0, 0.9, 1.6), axcodes=axcodes, rotation_deg=rotation)
     mt = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))
-    cropped = Predictor(ThresholdNet(), _crop_spec(), device="cpu")
-    whole = Predictor(ThresholdNet(), _crop_spec(), device="cpu", crop_foreground=False)
+    cropped = Predictor(ThresholdNet(), _crop_spec(), InferenceOptions(device="cpu"))
+    whole = Predictor(ThresholdNet(), _crop_spec(), InferenceOptions(device="cpu", crop_foreground=False))
     a, b = cropped.predict(mt), whole.predict(mt)
     assert cropped.crop is not None and whole.crop is None
     np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -142,12 +157,11 @@ def test_crop_keeps_the_whole_grid_result_inside_the_box_for_any_network(overlap
     image, _ = _ct_like(shape=(70, 40, 40), corner=(40, 9, 20))
     affine = make_affine(image.shape, (1.0, 0.9, 1.6), axcodes="LAI")
     mt = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))
-    spec = _crop_spec()
-    spec.inference["overlap"] = overlap
+    spec = _crop_spec(overlap=overlap)
     net = SmoothNet().eval()
-    a = Predictor(net, spec, device="cpu").predict(mt)[0].numpy()
-    b = Predictor(net, spec, device="cpu", crop_foreground=False).predict(mt)[0].numpy()
-    grid = model_grid(mt, "RAS", spec.spacing)
+    a = Predictor(net, spec, InferenceOptions(device="cpu")).predict(mt)[0].numpy()
+    b = Predictor(net, spec, InferenceOptions(device="cpu", crop_foreground=False)).predict(mt)[0].numpy()
+    grid = model_grid(mt, "RAS", spec.contract.data.spacing)
     box = foreground_box(mt.as_tensor(), grid, CropRule(-500.0, 2))
     inside = np.ones(image.shape, dtype=bool)
     for model_axis, mp in enumerate(grid.maps):  # study voxels whose nearest model voxel is in the box
@@ -170,22 +184,22 @@ def test_windows_run_for_the_box_widened_by_the_reach_of_interpolation(monkeypat
     mt = MetaTensor(
         torch.from_numpy(image)[None], affine=torch.as_tensor(make_affine(image.shape, (1.0, 0.9, 1.6)))
     )
-    predictor = Predictor(ThresholdNet(), _crop_spec(), device="cpu")
+    predictor = Predictor(ThresholdNet(), _crop_spec(), InferenceOptions(device="cpu"))
     regions = []
     layout = predictor.inferer.layout
     monkeypatch.setattr(
         predictor.inferer, "layout", lambda shape, region: regions.append(region) or layout(shape, region)
     )
     predictor.predict(mt)
-    grid = model_grid(mt, "RAS", predictor.spec.spacing)
+    grid = model_grid(mt, "RAS", predictor.spec.contract.data.spacing)
     box = foreground_box(mt.as_tensor(), grid, predictor.crop)
     expected = tuple((max(b0 - 1, 0), min(b1 + 1, n)) for (b0, b1), n in zip(box, grid.shape, strict=True))
     assert regions == [expected] and expected != grid.whole
 
 
 def test_crop_requested_for_a_model_trained_without_it():
-    with pytest.raises(ValueError, match="was not trained with train.crop_foreground"):
-        Predictor(ThresholdNet(), _spec(), device="cpu", crop_foreground=True)
+    with pytest.raises(ValueError, match="was not trained with a foreground crop"):
+        Predictor(ThresholdNet(), _spec(), InferenceOptions(device="cpu", crop_foreground=True))
 
 
 class SmoothNet(torch.nn.Module):
@@ -213,11 +227,13 @@ def test_predict_equals_the_monai_tutorial_pipeline():
     mt = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))
     spec = _spec(spacing=[1.4, 1.3, 2.2])
     net = SmoothNet().eval()
-    ours = Predictor(net, spec, device="cpu", channels_last=False).predict(mt)
-    transform = build_preprocess("image", None, spec.spacing, "RAS", normalizers=[{"name": "none"}])
+    ours = Predictor(net, spec, InferenceOptions(device="cpu", channels_last=False)).predict(mt)
+    transform = build_preprocess("image", None, spec.contract.data.spacing, "RAS", normalizers=[{"name": "none"}])
     pre = transform({"image": mt})["image"]
     with torch.no_grad():
-        logits = sliding_window_inference(pre[None], spec.patch_size, 2, net, overlap=0.5, mode="gaussian")[0]
+        logits = sliding_window_inference(
+            pre[None], spec.contract.patch_size, 2, net, overlap=0.5, mode="gaussian"
+        )[0]
     inverted = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False)(
         {"image": pre, "pred": logits}
     )["pred"]
@@ -233,7 +249,7 @@ def test_probabilities_equal_softmax_of_monai_sliding_window():
 
     net = SmoothNet().eval()
     x = torch.randn(2, 1, 21, 37, 18) * 100
-    probs = Predictor(net, _spec(), device="cpu").probabilities(x)
+    probs = Predictor(net, _spec(), InferenceOptions(device="cpu")).probabilities(x)
     with torch.no_grad():
         expected = torch.softmax(
             sliding_window_inference(x, (16, 16, 16), 2, net, overlap=0.5, mode="gaussian"), 1
@@ -244,7 +260,9 @@ def test_probabilities_equal_softmax_of_monai_sliding_window():
 def test_tta_averages_logits_of_all_mirrorings_inside_each_window():
     net = SmoothNet().eval()
     x = torch.randn(2, 1, 16, 16, 16) * 100
-    got = Predictor(net, _spec(), device="cpu", tta=True, channels_last=False).window_scores(x)
+    got = Predictor(
+        net, _spec(), InferenceOptions(device="cpu", tta=True, channels_last=False)
+    ).window_scores(x)
     flips = [[], [2], [3], [4], [2, 3], [2, 4], [3, 4], [2, 3, 4]]
     with torch.no_grad():
         expected = sum(torch.flip(net(torch.flip(x, f)), f) for f in flips) / 8
@@ -259,8 +277,8 @@ def test_channels_last_gives_the_same_scores():
     torch.manual_seed(0)
     net = UNet(3, 1, 4, features=(4, 8, 16), norm="batch").eval()
     x = torch.randn(1, 1, 24, 20, 18)
-    plain = Predictor(net, _spec(), device="cpu", channels_last=False).probabilities(x)
-    fast = Predictor(net, _spec(), device="cpu", channels_last=True)
+    plain = Predictor(net, _spec(), InferenceOptions(device="cpu", channels_last=False)).probabilities(x)
+    fast = Predictor(net, _spec(), InferenceOptions(device="cpu", channels_last=True))
     assert next(fast.network.parameters()).is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(fast.probabilities(x), plain, rtol=1e-4, atol=1e-5)
 
@@ -270,8 +288,8 @@ def test_channels_last_by_default_only_where_exact(norm, expected):
     from medseg.nets import UNet
 
     net = UNet(3, 1, 4, features=(4, 8), norm=norm)
-    assert Predictor(net, _spec(), device="cpu").channels_last is expected
-    assert Predictor(net, _spec(), device="cpu", channels_last=False).channels_last is False
+    assert Predictor(net, _spec(), InferenceOptions(device="cpu")).channels_last is expected
+    assert Predictor(net, _spec(), InferenceOptions(device="cpu", channels_last=False)).channels_last is False
 
 
 def test_predict_never_allocates_a_full_volume_score_buffer(monkeypatch):
@@ -290,7 +308,9 @@ def test_predict_never_allocates_a_full_volume_score_buffer(monkeypatch):
     mt = MetaTensor(
         torch.from_numpy(image)[None], affine=torch.as_tensor(make_affine(image.shape, (1.0, 1.0, 1.0)))
     )
-    predictor = Predictor(ThresholdNet(), _crop_spec(spacing=(1.0, 1.0, 1.0), margin=0), device="cpu")
+    predictor = Predictor(
+        ThresholdNet(), _crop_spec(spacing=(1.0, 1.0, 1.0), margin=0), InferenceOptions(device="cpu")
+    )
     pred = predictor.predict(mt)
     np.testing.assert_array_equal(pred[0].numpy(), lab)
     (k, *ring), weight_ring = predictor.inferer.last_allocations
@@ -303,10 +323,8 @@ def test_2d_model_on_2d_images():
     lab = _phantom()[:, :, 9]
     affine2d = torch.tensor([[0.8, 0.0, -10.0], [0.0, -0.7, 12.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     image = MetaTensor(torch.as_tensor(LEVELS.numpy()[lab][None], dtype=torch.float32), affine=affine2d)
-    spec = _spec(spacing=None)
-    spec.spatial_dims = 2
-    spec.patch_size = [16, 16]
-    pred = Predictor(ThresholdNet2D(), spec, device="cpu", tta=True).predict(image)
+    spec = _spec(spacing=None, spatial_dims=2, patch_size=(16, 16))
+    pred = Predictor(ThresholdNet2D(), spec, InferenceOptions(device="cpu", tta=True)).predict(image)
     assert tuple(pred.shape) == (1, *lab.shape)
     np.testing.assert_array_equal(pred[0].numpy(), lab)
 
@@ -317,7 +335,9 @@ def test_cuda_amp_matches_cpu_labels():
     mt = MetaTensor(
         torch.from_numpy(image)[None], affine=torch.as_tensor(make_affine(image.shape, (1.0, 1.0, 1.0)))
     )
-    pred = Predictor(ThresholdNet(), _crop_spec(spacing=(1.0, 1.0, 1.0)), device="cuda", amp=True).predict(mt)
+    pred = Predictor(
+        ThresholdNet(), _crop_spec(spacing=(1.0, 1.0, 1.0)), InferenceOptions(device="cuda", amp=True)
+    ).predict(mt)
     np.testing.assert_array_equal(pred[0].numpy(), lab)
 
 
@@ -332,9 +352,10 @@ def test_segment_file_reads_the_stored_dtype_and_writes_the_label_on_the_study_g
     nii = nib.Nifti1Image(image.astype(np.int16), affine)
     nii.header.set_slope_inter(1.0, 0.0)
     nib.save(nii, str(src))
-    spec = _crop_spec()
-    spec.spacing = None  # the study's own grid: the threshold model then returns exactly the phantom's label
-    predictor = Predictor(ThresholdNet(), spec, device="cpu")
+    spec = _crop_spec(
+        spacing=None
+    )  # the study's own grid: the threshold model then returns the phantom's label
+    predictor = Predictor(ThresholdNet(), spec, InferenceOptions(device="cpu"))
     seen = []
     original = predictor.predict
     predictor.predict = lambda img: seen.append(img.dtype) or original(img)
@@ -351,14 +372,12 @@ def test_segment_file_reads_the_stored_dtype_and_writes_the_label_on_the_study_g
 def test_segment_file_refuses_multichannel_models(tmp_path):
     from medseg.inference.segment import segment_file
 
-    spec = _spec()
-    spec.channels = [
-        {"name": "T1", "normalization": {"name": "none"}},
-        {"name": "T2", "normalization": {"name": "none"}},
-    ]
+    spec = _spec(channels=("T1", "T2"))
     with pytest.raises(ValueError, match=r"expects 2 \['T1', 'T2'\]; use Predictor.predict_case"):
         segment_file(
-            Predictor(ThresholdNet(), spec, device="cpu"), tmp_path / "x.nii.gz", tmp_path / "y.nii.gz"
+            Predictor(ThresholdNet(), spec, InferenceOptions(device="cpu")),
+            tmp_path / "x.nii.gz",
+            tmp_path / "y.nii.gz",
         )
 
 

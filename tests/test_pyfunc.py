@@ -15,6 +15,7 @@ import torch
 
 from medseg.checkpoint import Checkpoint, ModelSpec, save_checkpoint
 from medseg.cli import main as cli_main
+from medseg.contract import DataContract
 from medseg.nets import build_network
 from medseg.tracking import RunLogger, TrackingConfig, register_model, resolve_tracking_uri
 
@@ -35,11 +36,7 @@ def checkpoint(tmp_path_factory) -> Path:
     cfg = dict(NET)
     torch.manual_seed(3)
     net = build_network(cfg.pop("name"), **cfg)
-    spec = ModelSpec(
-        network=dict(NET),
-        channels=[{"name": n, "normalization": {"name": "zscore"}, "series": None} for n in ("CBF", "TMAX")],
-        labels=LABELS, spacing=None, orientation="RAS", spatial_dims=3, patch_size=[16, 16, 8],
-    )  # fmt: skip
+    spec = ModelSpec(network=dict(NET), contract=DataContract.from_dict({"data": {"channels": [{"name": n, "normalization": {"name": "zscore"}, "series": None} for n in ("CBF", "TMAX")], "labels": LABELS, "spacing": None, "orientation": "RAS", "spatial_dims": 3}, "patch_size": [16, 16, 8]}))  # fmt: skip
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", Checkpoint(net.state_dict(), spec))
 
 

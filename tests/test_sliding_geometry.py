@@ -11,11 +11,13 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import CropForeground, Invertd, Orientation, Spacing
 
+from medseg.contract import CropRule, contract_from_config
 from medseg.data.normalization import CTWindow, ZScore
 from medseg.data.preprocess import build_preprocess
+from medseg.errors import ConfigError
 from medseg.inference.aggregate import Slab
 from medseg.inference.invert import LabelInverter
-from medseg.inference.prepare import CropRule, crop_rule, foreground_box, model_grid, resample_box
+from medseg.inference.prepare import foreground_box, model_grid, resample_box
 from medseg.inference.resample import axis_maps, stencil
 from medseg.synthetic.phantoms import make_affine
 
@@ -105,13 +107,12 @@ def test_no_voxel_above_threshold_keeps_the_whole_grid(caplog):
 
 
 def test_crop_rule_from_training_config():
-    assert crop_rule({}) is None
-    assert crop_rule({"train": {"crop_foreground": False}}) is None
-    rule = crop_rule(
-        {"train": {"crop_foreground": True, "foreground_threshold": -500, "foreground_margin": 3}}
-    )
-    assert rule == CropRule(-500.0, 3)
-    with pytest.raises(ValueError, match="margin must be >= 0"):
+    from test_training_helpers import tiny_config
+
+    assert contract_from_config(tiny_config(train={"crop_foreground": False})).crop is None
+    config = tiny_config(train={"crop_foreground": True, "foreground_threshold": -500, "foreground_margin": 3})
+    assert contract_from_config(config).crop == CropRule(-500.0, 3)
+    with pytest.raises(ConfigError, match="margin: must be >= 0"):
         CropRule(0.0, -1)
 
 

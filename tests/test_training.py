@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_training_helpers import tiny_config, write_tiny_perfusion
 
 from medseg import __version__
 from medseg.checkpoint import load_checkpoint
+from medseg.contract import CropRule
 from medseg.data.io import load_volume
 from medseg.nets import build_network
 from medseg.training import train
-from medseg.training.data import make_dataset
 from medseg.training.datalist import load_datalist
 from medseg.training.split import split_cases
-from medseg.training.transforms import build_val_transforms
-from medseg.training.validation import make_val_inferer, validate
+from medseg.training.validation import Validator
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -57,20 +57,22 @@ def test_checkpoint_describes_itself_and_reloads(trained):
     assert result.status == "completed" and result.succeeded
     ckpt = load_checkpoint(result.best_checkpoint)
     spec = ckpt.spec
+    contract = spec.contract
     assert spec.channel_names == ["CBF", "MTT", "CBV"]
-    assert spec.channels[0]["normalization"] == {"name": "zscore", "nonzero": True}
+    assert contract.channels[0].normalization == {"name": "zscore", "nonzero": True}
     assert spec.labels == {0: "background", 1: "infarct_core"}
-    assert spec.spacing is None and spec.orientation == "RAS" and spec.spatial_dims == 3
-    assert spec.patch_size == [16, 16, 8]
+    assert contract.data.spacing is None and contract.data.orientation == "RAS" and spec.spatial_dims == 3
+    assert contract.patch_size == [16, 16, 8]
     assert spec.network["name"] == "unet" and spec.network["features"] == [4, 8, 16]
     assert (spec.network["in_channels"], spec.network["out_channels"]) == (3, 2)
-    assert spec.inference == {
+    assert contract.to_dict()["inference"] == {
         "overlap": 0.5,
         "sw_batch_size": 2,
         "mode": "gaussian",
-        "slice_axis": None,
         "postprocess": {"largest_component": False, "min_volume_mm3": None, "connectivity": None},
     }
+    assert contract.data.slice_axis is None
+    assert contract.crop == CropRule(0.0, 2)  # train.crop_foreground with the schema defaults
     assert spec.medseg_version == __version__
     assert spec.config["train"]["epochs"] == 2 and spec.config["datalist"]["path"] is None
     assert ckpt.epoch == result.best_epoch and ckpt.optimizer is None
@@ -96,17 +98,13 @@ def test_validation_numbers_are_reproducible(trained):
     entries = load_datalist(dataset, config.data.channel_names)
     _, val_cases = split_cases(entries, val_fraction=0.25, folds=None, fold=0, seed=config.train.seed)
     assert len(val_cases) == 1
-    val_ds = make_dataset([e.as_item() for e in val_cases], build_val_transforms(config), cache="none")
-    item = val_ds[0]
-    assert tuple(item["image"].shape) == (3, 24, 24, 12)  # whole case, no crop
-    batches = torch.utils.data.DataLoader(val_ds, batch_size=1)
-    metrics, _ = validate(
-        result.model, batches, make_val_inferer(config), config.data.labels, torch.device("cpu")
-    )
+    spec = load_checkpoint(result.best_checkpoint).spec
+    metrics, qc = Validator(spec, val_cases, torch.device("cpu"), qc_cases=1)(result.model)
     assert metrics["val/dice_mean"] == result.best_metrics["val/dice_mean"]
     assert 0.0 <= metrics["val/dice/infarct_core"] <= 1.0
-    truth = load_volume(val_cases[0].label, dtype=None)
-    assert torch.equal(item["label"].long(), torch.as_tensor(truth.numpy()).long())
+    gt = load_volume(val_cases[0].label, dtype=None).numpy()[0]
+    k = int(np.argmax((gt > 0).sum(axis=(0, 1))))  # the axial slice with the most foreground, on the case's grid
+    assert np.array_equal(qc[0].label, gt[:, :, k])
 
 
 def test_history_pictures_and_summary(trained):

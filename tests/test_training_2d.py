@@ -30,10 +30,10 @@ def test_slice_wise_training_on_volumes(tmp_path):
     result = train(config, tmp_path / "work", datalist=dataset)
     assert result.status == "completed" and len(result.history) == 2
     cached = sorted(p.parent.name for p in (tmp_path / "work" / "cache").glob("v*/*/*.pt"))
-    assert cached == ["train"] * 3 + ["val"]  # the preprocessed volumes, on disk
+    assert cached == ["train"] * 3  # the preprocessed training volumes, on disk (validation reads as segment does)
     spec = load_checkpoint(result.best_checkpoint).spec
     assert spec.spatial_dims == 2 and spec.network["spatial_dims"] == 2
-    assert spec.inference["slice_axis"] == 2 and spec.config["data"]["slice_axis"] == 2
+    assert spec.contract.data.slice_axis == 2 and spec.config["data"]["slice_axis"] == 2
     dice = result.best_metrics["val/dice/infarct_core"]
     assert 0.0 <= dice <= 1.0 and result.best_metrics["val/dice_mean"] == dice
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_plain_2d_images_learn_two_classes(tmp_path):
     assert result.status == "completed"
     assert [h["epoch"] for h in result.history if "val/dice_mean" in h] == [3.0, 7.0, 11.0]
     spec = load_checkpoint(result.last_checkpoint).spec
-    assert spec.spatial_dims == 2 and spec.channel_names == ["image"] and spec.inference["slice_axis"] is None
+    assert spec.spatial_dims == 2 and spec.channel_names == ["image"] and spec.contract.data.slice_axis is None
     # a real learning signal: loss goes down and both shapes are found on the held-out image
     assert result.history[-1]["train/loss"] < 0.75 * result.history[0]["train/loss"]
     assert result.best_metrics["val/dice/disc"] > 0.6

@@ -15,6 +15,7 @@ import torch
 import medseg
 from medseg.batch.provenance import batch_provenance
 from medseg.inference import Predictor
+from medseg.inference.options import InferenceOptions
 from medseg.synthetic.dataset import write_perfusion_dataset
 from medseg.synthetic.dicom_writer import write_dicom_series
 from medseg.tracking import resolve_tracking_uri
@@ -46,10 +47,17 @@ def dataset(tmp_path_factory) -> Path:
     import nibabel as nib
 
     img = nib.load(str(root / case["channels"]["CBF"]))
-    write_dicom_series(np.asarray(img.dataobj), img.affine, root / "case_000" / f"CBF_{CANARY_FOLDER}",
-                       modality="MR", series_description="CBF map", patient_name=CANARY_NAME,
-                       patient_id=CANARY_ID, rescale_slope=0.01,
-                       rescale_intercept=0.0)
+    write_dicom_series(
+        np.asarray(img.dataobj),
+        img.affine,
+        root / "case_000" / f"CBF_{CANARY_FOLDER}",
+        modality="MR",
+        series_description="CBF map",
+        patient_name=CANARY_NAME,
+        patient_id=CANARY_ID,
+        rescale_slope=0.01,
+        rescale_intercept=0.0,
+    )
     case["channels"]["CBF"] = f"case_000/CBF_{CANARY_FOLDER}"
     ds.write_text(json.dumps(meta))
     return ds
@@ -73,9 +81,13 @@ def _check_registered_run(uri: str, result, tmp_path: Path) -> None:
     assert [m.step for m in history] == [0, 1]
 
     # the registered model predicts exactly what the in-memory model predicts
-    predictor = medseg.load_model("models:/tiny-perfusion@champion", tracking_uri=uri, cache_dir=tmp_path / "cache",
-                                  device="cpu")
-    reference = Predictor.from_checkpoint(result.train.best_checkpoint, device="cpu")
+    predictor = medseg.load_model(
+        "models:/tiny-perfusion@champion",
+        InferenceOptions(device="cpu"),
+        tracking_uri=uri,
+        cache_dir=tmp_path / "cache",
+    )
+    reference = Predictor.from_checkpoint(result.train.best_checkpoint, InferenceOptions(device="cpu"))
     x = torch.randn(1, 3, 24, 24, 12, generator=torch.Generator().manual_seed(0))
     assert torch.equal(predictor.probabilities(x), reference.probabilities(x))
     assert predictor.spec.to_dict() == reference.spec.to_dict()
@@ -115,8 +127,9 @@ def test_embedded_sqlite_store(dataset, tmp_path):
 
 def test_real_mlflow_server(dataset, tmp_path, mlflow_server):
     uri = mlflow_server["uri"]
-    result = train_and_register("configs/demo.yaml", tmp_path / "work", tracking_uri=uri, datalist=dataset,
-                                overrides=TINY)
+    result = train_and_register(
+        "configs/demo.yaml", tmp_path / "work", tracking_uri=uri, datalist=dataset, overrides=TINY
+    )
     _check_registered_run(uri, result, tmp_path)
 
 
@@ -127,8 +140,13 @@ def test_unreachable_server_training_completes(dataset, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     t0 = time.monotonic()
-    result = train_and_register("configs/demo.yaml", tmp_path / "work", tracking_uri=f"http://127.0.0.1:{port}",
-                                datalist=dataset, overrides=[*TINY, "tracking.timeout_s=2"])
+    result = train_and_register(
+        "configs/demo.yaml",
+        tmp_path / "work",
+        tracking_uri=f"http://127.0.0.1:{port}",
+        datalist=dataset,
+        overrides=[*TINY, "tracking.timeout_s=2"],
+    )
     elapsed = time.monotonic() - t0
     assert result.train.succeeded and result.train.best_checkpoint.is_file()
     assert result.model is None  # nothing registered without a server
@@ -145,8 +163,9 @@ def test_segment_and_load_model_honour_mlflow_tracking_uri(dataset, tmp_path):
 
     work = tmp_path / "work"
     uri = resolve_tracking_uri(None, {}, work)
-    result = train_and_register("configs/demo.yaml", work, tracking_uri=uri, datalist=dataset,
-                                overrides=[*TINY, "train.epochs=1"])
+    result = train_and_register(
+        "configs/demo.yaml", work, tracking_uri=uri, datalist=dataset, overrides=[*TINY, "train.epochs=1"]
+    )
     assert result.model is not None
     meta = json.loads(dataset.read_text())
     study = tmp_path / "study"
@@ -154,13 +173,30 @@ def test_segment_and_load_model_honour_mlflow_tracking_uri(dataset, tmp_path):
     for name, rel in meta["cases"][1]["channels"].items():
         (study / f"{name}.nii.gz").write_bytes((dataset.parent / rel).read_bytes())
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "medseg.cli", "segment", str(study), str(tmp_path / "out"),
-           "--model", "models:/tiny-perfusion@champion", "--formats", "nifti", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medseg.cli",
+        "segment",
+        str(study),
+        str(tmp_path / "out"),
+        "--model",
+        "models:/tiny-perfusion@champion",
+        "--formats",
+        "nifti",
+        "--no-progress",
+    ]
     without = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert without.returncode == 2 and "MLFLOW_TRACKING_URI" in without.stderr, without.stderr
     assert "Traceback" not in without.stderr
-    with_env = subprocess.run(cmd, env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
-                              cwd=tmp_path, timeout=300)
+    with_env = subprocess.run(
+        cmd,
+        env={**env, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert with_env.returncode == 0, with_env.stderr
     labels = list((tmp_path / "out").rglob("label.nii.gz"))
     assert len(labels) == 1
@@ -173,7 +209,9 @@ def test_segment_and_load_model_honour_mlflow_tracking_uri(dataset, tmp_path):
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        predictor = medseg.load_model("models:/tiny-perfusion@champion", cache_dir=tmp_path / "cache", device="cpu")
+        predictor = medseg.load_model(
+            "models:/tiny-perfusion@champion", InferenceOptions(device="cpu"), cache_dir=tmp_path / "cache"
+        )
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI")

@@ -13,7 +13,9 @@ cloud file system), and medseg must be installed on every node; a checkpoint pat
 
 An actor or node that dies fails only the study it was computing: that study's temp folder is removed, it is marked
 ``FAILED`` and handed out once more in the same run (a second loss leaves it ``FAILED`` for the next run); the study
-it had only read ahead goes to another actor. A rerun resumes from the ledger.
+it had only read ahead goes to another actor. A rerun resumes from the ledger. A study computing past the case time
+limit (:mod:`medseg.batch.deadline`, timed from its hand-out) fails alone too: the driver kills the actor, marks the
+study ``FAILED`` (``WorkerTimeout``; not handed out again: it would likely hang again) and starts a replacement.
 
 Ray is optional (``pip install medseg[ray]``) and imported only here.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import os
 import re
 import secrets
@@ -31,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medseg.batch.deadline import TIMEOUT_REASON, CaseTimeout
 from medseg.batch.discover import WorkItem
 from medseg.batch.ledger import Ledger
 from medseg.batch.process import (
@@ -220,6 +224,7 @@ def run_on_ray(
     device: str = "auto",
     workers: int | None = None,
     setup: Callable[[], None] | None = None,
+    timeout: CaseTimeout | None = None,
 ) -> list[str]:
     """Process ``items`` on Ray actors; returns the names of the actors that were lost.
 
@@ -227,6 +232,7 @@ def run_on_ray(
         target: where Ray runs (see :func:`parse_ray`).
         device, workers: see :func:`plan_actors`.
         setup: a picklable callable each actor runs before loading the model (e.g. to register a custom network).
+        timeout: the per-case time limit (None: none); an actor past it is killed and replaced.
 
     The actors are named ``medseg-segment-<run token>-<i>`` (``ray.util.list_named_actors()``), so an operator can
     find them in the Ray dashboard or state API.
@@ -242,16 +248,20 @@ def run_on_ray(
             "Ray: %d actor(s), %d GPU and %d CPU each, model on %s", count, plan.gpus, plan.cpus, plan.device
         )
         remote = ray.remote(SegmentActor)
-        source = dataclasses.replace(model, device=plan.device)
+        source = model.on(plan.device)
         level = logging.getLogger("medseg").getEffectiveLevel()
         token = secrets.token_hex(3)
-        actors = [
-            remote.options(
-                name=f"{ACTOR_PREFIX}{token}-{i}", num_gpus=plan.gpus, num_cpus=plan.cpus, max_restarts=0
+
+        def spawn() -> Any:
+            actor = remote.options(
+                name=f"{ACTOR_PREFIX}{token}-{len(actors)}", num_gpus=plan.gpus, num_cpus=plan.cpus, max_restarts=0
             ).remote(source, ctx, plan.cpus, setup, level)
-            for i in range(count)
-        ]
-        return _drive(ray, actors, items, ctx, ledger, on_outcome, in_flight)
+            actors.append(actor)
+            return actor
+
+        for _ in range(count):
+            spawn()
+        return _drive(list(actors), items, ctx, ledger, on_outcome, in_flight, spawn=spawn, timeout=timeout)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -264,17 +274,21 @@ def run_on_ray(
 
 
 def _drive(
-    ray: Any,
     actors: list[Any],
     items: Sequence[WorkItem],
     ctx: RunContext,
     ledger: Ledger,
     on_outcome: Callable[[ItemOutcome], None],
     in_flight: dict[Any, tuple[Any, WorkItem, WorkItem | None, float]],
+    *,
+    spawn: Callable[[], Any],
+    timeout: CaseTimeout | None = None,
 ) -> list[str]:
     from ray.exceptions import RayActorError, RayTaskError
 
+    ray = import_ray()
     pending = collections.deque(largest_first(items))
+    durations: list[float] = []  # of the studies computed in this run (for the automatic time limit)
     losses: collections.Counter[str] = collections.Counter()
     names: dict[Any, str] = {}
     starting = {actor.ready.remote(): actor for actor in actors}
@@ -309,17 +323,46 @@ def _drive(
         except RayTaskError as exc:  # raised outside compute_item's own handling: this item fails
             remove_item_temps(ctx.output, item.key)
             result = failure(item, exc, ctx, 0.0)
+        durations.append(time.time() - assigned_at)
         on_outcome(dataclasses.replace(record_result(item, result, ledger, ctx), worker=name))
         if ahead is not None:
             submit(actor, ahead)
         else:
             idle.append(actor)
 
+    def stop_overdue() -> None:
+        """Kill the actors whose study has run past the time limit; fail the study, start a replacement."""
+        now, limit = time.time(), timeout.limit(durations) if timeout is not None else math.inf
+        for ref, (actor, item, ahead, assigned_at) in list(in_flight.items()):
+            if now - assigned_at <= limit or ray.wait([ref], timeout=0)[0]:  # a result that just came counts
+                continue
+            name = names.get(actor, "actor")
+            logger.error("Ray actor %s: item %s ran past the case time limit (%.0f s); stopping it", name, item.key, limit)
+            ray.kill(actor, no_restart=True)
+            del in_flight[ref]
+            if ahead is not None:
+                pending.appendleft(ahead)  # only read ahead: nothing happened to it
+            why = f"no result after {limit:.0f} s (the case time limit); Ray actor {name} was stopped"
+            outcome = record_lost(item, ledger, ctx, assigned_at=assigned_at, why=why, reason=TIMEOUT_REASON)
+            if outcome is not None:
+                on_outcome(dataclasses.replace(outcome, worker=name))
+            if pending:
+                replacement = spawn()
+                starting[replacement.ready.remote()] = replacement
+
+    def wait_s() -> float:
+        if timeout is None or not in_flight:
+            return _WAIT_LOG_S
+        first = min(at for _a, _i, _h, at in in_flight.values())
+        return max(0.05, min(_WAIT_LOG_S, first + timeout.limit(durations) - time.time()))
+
     waited = time.perf_counter()
     while in_flight or (starting and pending):
-        done, _ = ray.wait([*in_flight, *starting], num_returns=1, timeout=_WAIT_LOG_S)
+        span = wait_s()
+        done, _ = ray.wait([*in_flight, *starting], num_returns=1, timeout=span)
+        stop_overdue()
         if not done:
-            if not in_flight:
+            if not in_flight and span >= _WAIT_LOG_S:
                 logger.warning(
                     "waited %.0f s for Ray to start the actors (is the cluster big enough?)",
                     time.perf_counter() - waited,

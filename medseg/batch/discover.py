@@ -32,6 +32,7 @@ from typing import Any
 
 from medseg.batch.ledger import LEDGER_FILE
 from medseg.batch.naming import keyed_name
+from medseg.config.schema import ChannelConfig
 from medseg.data.dicom import DicomScan, SeriesInfo, SeriesRule, scan_dicom_files, select_series
 from medseg.data.io import is_volume_file, volume_stem
 from medseg.errors import InputError, Problem, ReasonCode
@@ -168,8 +169,8 @@ def _walk(root: Path, excluded: Sequence[Path]) -> dict[Path, list[Path]]:
     return out
 
 
-def _channel_rules(channels: Sequence[Mapping[str, Any]]) -> list[SeriesRule | None]:
-    return [SeriesRule.from_dict(c["series"]) if c.get("series") else None for c in channels]
+def _channel_rules(channels: Sequence[ChannelConfig]) -> list[SeriesRule | None]:
+    return [c.series_rule() for c in channels]
 
 
 # ----------------------------------------------------------------------------------------------- volume files
@@ -317,7 +318,7 @@ def _file_problem_items(scan: DicomScan, key: bytes) -> tuple[list[WorkItem], in
 # ----------------------------------------------------------------------------------------------- entry point
 def discover(
     input_path: str | os.PathLike,
-    channels: Sequence[Mapping[str, Any]],
+    channels: Sequence[ChannelConfig],
     key: bytes,
     *,
     exclude: Iterable[str | os.PathLike] = (),
@@ -327,7 +328,7 @@ def discover(
     Args:
         input_path: a volume file, a DICOM file or folder (series, study, tree of studies), or a tree of NIfTI
             files / case folders.
-        channels: the model's channel spec (``ModelSpec.channels``: ``{"name", "normalization", "series"}``).
+        channels: the model's channels (``DataContract.channels``: name, normalization and series rule).
         key: the naming key (:func:`medseg.batch.naming.load_or_create_key`).
         exclude: folders not to descend into (the output folder when it lies inside the input).
 
@@ -339,7 +340,7 @@ def discover(
         raise InputError(ReasonCode.FILE_NOT_FOUND, None, "the batch input does not exist")
     if not channels:
         raise ValueError("the model's channel spec is empty")
-    names = [str(c["name"]) for c in channels]
+    names = [c.name for c in channels]
     rules = _channel_rules(channels)
     if path.is_dir():
         root, folders = path, _walk(path, [Path(e) for e in exclude])

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from medseg.batch.discover import WorkItem
-from medseg.batch.ledger import Ledger, Status
+from medseg.batch.ledger import Ledger
+from medseg.batch.ledger_db import Status
 from medseg.batch.prefetch import LoadFailure, Prefetcher
 from medseg.batch.publish import checksum_folder, new_temp_folder, publish_folder, remove_item_temps
 from medseg.batch.reading import LoadedItem, load_item
@@ -151,7 +152,7 @@ def _write_case(
 ) -> dict[str, str]:
     """Write the case's outputs into the temp folder ``tmp`` and checksum them (``tmp`` is removed on any error)."""
     from medseg.outputs import write_case_outputs
-    from medseg.outputs.dicom_seg import UnsupportedSegSourceError
+    from medseg.outputs.dicom_seg_geometry import UnsupportedSegSourceError
 
     item = loaded.item
     try:
@@ -286,13 +287,14 @@ def record_result(
 
 
 def record_lost(
-    item: WorkItem, ledger: Ledger, ctx: RunContext, *, assigned_at: float, why: str
+    item: WorkItem, ledger: Ledger, ctx: RunContext, *, assigned_at: float, why: str, reason: str = "WorkerLost"
 ) -> ItemOutcome | None:
     """Settle an item that was in flight in a worker (process or Ray actor) that died; ``None``: hand it out again.
 
     The item's temp folders are removed. If the worker recorded an end after ``assigned_at`` (it died before
     reporting it), that end stands; if it started the item, the item becomes ``FAILED`` (retried by the next run);
-    if it never started it (read ahead only), nothing happened to it and it can go to another worker.
+    if it never started it (read ahead only), nothing happened to it and it can go to another worker. ``reason``
+    names the failure (``WorkerLost``; ``WorkerTimeout`` for a worker stopped past the case time limit).
     """
     remove_item_temps(ctx.output, item.key)
     row = ledger.get(item.key)
@@ -305,10 +307,10 @@ def record_lost(
         return ItemOutcome(item.key, row.status, _entry(item, lost))
     if row.started_at is None or row.started_at < assigned_at:
         return None
-    text = f"WorkerLost: {why} while computing this item"
+    text = f"{reason}: {why} while computing this item"
     ledger.mark_failed(item.key, text)
     logger.warning("item %s: FAILED (%s)", item.key, text)
-    lost = Rejected(item.key, Status.FAILED, "WorkerLost", None, text, text, 0.0)
+    lost = Rejected(item.key, Status.FAILED, reason, None, text, text, 0.0)
     return ItemOutcome(item.key, Status.FAILED, _entry(item, lost))
 
 

@@ -130,7 +130,7 @@ def load_item(item: WorkItem, spec: Any, root: Path) -> LoadedItem:
 
     Args:
         item: a work item that is not quarantined.
-        spec: the model's :class:`~medseg.checkpoint.ModelSpec` (channels, spatial_dims, config).
+        spec: the model's :class:`~medseg.checkpoint.ModelSpec` (its contract's channels, file dims, resampling).
         root: the input root (for relative paths in errors).
 
     Raises:
@@ -139,22 +139,22 @@ def load_item(item: WorkItem, spec: Any, root: Path) -> LoadedItem:
     if item.quarantined:
         raise item.problem.to_error()
     fingerprint = item.input_fingerprint()  # before reading: a change after this is caught before publishing
-    names = [str(c["name"]) for c in spec.channels]
+    data = spec.contract.data
+    names = data.channel_names
     loaded: dict[str, MetaTensor] = {}
     for name in names:
         source = item.sources[name]
         try:
             if isinstance(source, SeriesInfo):
-                loaded[name] = series_image(source, spatial_dims=spec.spatial_dims, where=item.relative_path)
+                loaded[name] = series_image(source, spatial_dims=data.file_dims, where=item.relative_path)
             else:
-                loaded[name] = load_volume(source, spatial_dims=spec.spatial_dims)
+                loaded[name] = load_volume(source, spatial_dims=data.file_dims)
         except InputError as exc:
             raise _relative_error(exc, root, item.relative_path) from None
     if len(names) == 1:
         image = loaded[names[0]]
     else:
-        resample = bool((spec.config or {}).get("data", {}).get("resample_channels", False))
-        image = stack_channels(loaded, resample=resample, where=item.relative_path)
+        image = stack_channels(loaded, resample=data.resample_channels, where=item.relative_path)
     image.meta["filename_or_obj"] = item.key  # never the input path: it may name the patient
     image.meta["channel_names"] = names
     return LoadedItem(item=item, image=image, source_dicom_files=item.source_dicom_files, fingerprint=fingerprint)

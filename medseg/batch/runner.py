@@ -26,14 +26,16 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medseg.atomic import TEMP_PREFIX
+from medseg.batch.deadline import parse_case_timeout
 from medseg.batch.discover import Discovery, WorkItem, discover
-from medseg.batch.ledger import LEDGER_FILE, Ledger, LedgerError, Status
+from medseg.batch.ledger import LEDGER_FILE, Ledger
+from medseg.batch.ledger_db import LedgerError, Status
 from medseg.batch.naming import keyed_name, load_or_create_key
 from medseg.batch.process import ItemOutcome, RunContext, run_items
 from medseg.batch.progress import ProgressBar
@@ -42,6 +44,7 @@ from medseg.batch.publish import clean_stale_temps, folder_matches, lock_output
 from medseg.batch.report import BatchSummary, QuarantineEntry, write_reports
 from medseg.batch.review import write_review_page
 from medseg.errors import ConfigError, InputError, ReasonCode
+from medseg.inference.options import InferenceOptions
 
 logger = logging.getLogger(__name__)
 
@@ -104,22 +107,18 @@ class ScaleOut:
             with N CPUs); None: worker processes on this machine. Needs ``pip install medseg[ray]``.
         worker_setup: a picklable callable run in every worker process / Ray actor before it loads the model, e.g.
             to register a custom network in :data:`medseg.nets.registry.NETWORKS`.
+        case_timeout: the per-case time limit of worker processes and Ray actors (:mod:`medseg.batch.deadline`):
+            ``"auto"`` (max(600 s, 20 x the run's median case time); only where workers or Ray run the cases), a
+            number of seconds (also makes a one-worker run compute in a worker process) or None (no limit). A
+            worker past it is killed, its case ``FAILED`` (``WorkerTimeout``, retried by the next run), and replaced.
     """
 
     ray: str | None = None
     worker_setup: Callable[[], None] | None = None
+    case_timeout: float | str | None = "auto"
 
 
-def _check_model(
-    model: Any,
-    *,
-    workers: int,
-    ray: bool = False,
-    tta: bool,
-    overlap: float | None,
-    sw_batch_size: int | None,
-    postprocess: bool | Mapping[str, Any] | None,
-) -> None:
+def _check_model(model: Any, options: InferenceOptions | None, *, workers: int, ray: bool = False) -> None:
     if isinstance(model, str | os.PathLike):
         return  # settings are checked when the model is loaded (resolve_postprocess), before anything is written
     if not hasattr(model, "predict") or not hasattr(model, "spec"):
@@ -130,36 +129,25 @@ def _check_model(
         raise ConfigError(
             f"{'ray' if ray else 'workers > 1'} needs a model URI or checkpoint path (each worker loads its own model)"
         )
-    if tta or overlap is not None or sw_batch_size is not None or postprocess is not None:
-        raise ConfigError(
-            "tta/overlap/sw_batch_size/postprocess apply when loading a model; set them on the Predictor instead"
-        )
+    if options is not None and options.replace(device="auto") != InferenceOptions():
+        raise ConfigError("inference options apply when loading a model; a ready Predictor has its own")
 
 
 def _predictor(
-    model: Any,
-    *,
-    device: str,
-    tta: bool,
-    overlap: float | None,
-    sw_batch_size: int | None,
-    postprocess: bool | Mapping[str, Any] | None,
-    tracking_uri: str | None,
-    remote: bool,
+    model: Any, options: InferenceOptions, *, tracking_uri: str | None, remote: bool
 ) -> tuple[Any, Any]:
     """``(predictor, model source for worker processes or None)``; the model was checked by :func:`_check_model`."""
     from medseg.batch.workers import ModelSource
 
     if not isinstance(model, str | os.PathLike):
         return model, None
-    pp = dict(postprocess) if isinstance(postprocess, Mapping) else postprocess
     if tracking_uri is None and str(model).startswith(("models:/", "runs:/")):
         from medseg.tracking.store import ambient_tracking_uri
 
         tracking_uri = ambient_tracking_uri()  # resolved once here, so workers and Ray actors on other nodes get it
-    source = ModelSource(str(model), str(device), tracking_uri, bool(tta), overlap, sw_batch_size, pp)
+    source = ModelSource(str(model), tracking_uri, options)
     if remote:  # worker processes or Ray actors compute; the parent only needs the spec and the weights' hash
-        predictor = dataclasses.replace(source, device="cpu").load()
+        predictor = source.on("cpu").load()
         return predictor, _pinned(source, predictor)
     return source.load(), None
 
@@ -235,12 +223,8 @@ def segment_archive(
     input: str | os.PathLike,
     output: str | os.PathLike,
     model: Any,
+    options: InferenceOptions | None = None,
     *,
-    device: str = "auto",
-    tta: bool = False,
-    overlap: float | None = None,
-    sw_batch_size: int | None = None,
-    postprocess: bool | Mapping[str, Any] | None = None,
     formats: Sequence[str] = DEFAULT_FORMATS,
     workers: int | None = None,
     tracking_uri: str | None = None,
@@ -255,14 +239,12 @@ def segment_archive(
         output: the output folder (created); one sub-folder per item named by its key, plus the ledger and reports.
         model: a model URI (``models:/NAME@ALIAS``, ``runs:/...``), a checkpoint path, or a ready
             :class:`~medseg.inference.Predictor`.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (when loading from a URI). With several workers,
-            ``cuda`` (and ``auto`` on a machine with GPUs) spreads them over the visible GPUs (worker i on
-            ``cuda:{i % n}``) and a comma-separated list (``"cuda:0,cuda:2"``) pins them in turn
-            (:mod:`medseg.batch.devices`). On Ray: ``auto``, ``cuda`` or ``cpu`` (Ray gives each actor its GPU).
-        tta, overlap, sw_batch_size: inference settings (when loading from a URI).
-        postprocess: label clean-up (when loading from a URI): None for the model's own settings, False for none,
-            a mapping to replace some of the model's settings (``largest_component``, ``min_volume_mm3``,
-            ``connectivity``).
+        options: how to run the model when loading it from a URI (:class:`~medseg.inference.InferenceOptions`:
+            device, TTA, window, crop, postprocessing; default: the model's own settings). Its ``device``:
+            ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; with several workers, ``cuda`` (and ``auto`` on a
+            machine with GPUs) spreads them over the visible GPUs (worker i on ``cuda:{i % n}``) and a
+            comma-separated list (``"cuda:0,cuda:2"``) pins them in turn (:mod:`medseg.batch.devices`). On Ray:
+            ``auto``, ``cuda`` or ``cpu`` (Ray gives each actor its GPU).
         formats: outputs per case, any of ``("nifti", "seg", "report", "qc")``.
         workers: processes, each with its own copy of the model (needs a URI / path), fed from one queue; None: 1.
             On Ray, the number of actors (None: one per GPU of the cluster, or one per CPU when it has none).
@@ -286,16 +268,13 @@ def segment_archive(
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     scale = scale or ScaleOut()
     fmt = _check_formats(formats)
+    stoppable = _fixed_timeout(scale)  # a fixed case time limit: even one worker computes in a worker process
+    if stoppable and not isinstance(model, str | os.PathLike):
+        raise ConfigError("case_timeout: a fixed limit needs a model URI or checkpoint path (cases run in a worker)")
+    _check_model(model, options, workers=workers or 1, ray=scale.ray is not None)
+    options = options if options is not None else InferenceOptions()
+    device = options.device
     ray_target = _check_ray(scale, device)
-    _check_model(
-        model,
-        workers=workers or 1,
-        ray=ray_target is not None,
-        tta=tta,
-        overlap=overlap,
-        sw_batch_size=sw_batch_size,
-        postprocess=postprocess,
-    )
     uri = isinstance(model, str | os.PathLike)
     devices = _local_devices(device, workers or 1) if ray_target is None and uri else None
     if not input_path.exists():
@@ -304,13 +283,9 @@ def segment_archive(
     # the model (and its settings) is checked before anything is written: a bad model leaves no output folder
     predictor, source = _predictor(
         model,
-        device=devices[0] if devices else "cpu",
-        tta=tta,
-        overlap=overlap,
-        sw_batch_size=sw_batch_size,
-        postprocess=postprocess,
+        options.replace(device=devices[0] if devices else "cpu"),
         tracking_uri=tracking_uri,
-        remote=ray_target is not None or (workers or 1) > 1,
+        remote=ray_target is not None or (workers or 1) > 1 or stoppable,
     )
     provenance = batch_provenance(predictor)
     out.mkdir(parents=True, exist_ok=True)
@@ -325,7 +300,7 @@ def segment_archive(
                 run_fingerprint(provenance),
                 "model or inference settings (tta, overlap, postprocess)",
             )
-            found = discover(input_path, predictor.spec.channels, key, exclude=[out])
+            found = discover(input_path, predictor.spec.contract.channels, key, exclude=[out])
             job = _Job(
                 found,
                 predictor,
@@ -343,6 +318,12 @@ def segment_archive(
                 scale=scale,
             )
             return _run(job, ledger)
+
+
+def _fixed_timeout(scale: ScaleOut) -> bool:
+    """True when ``scale`` sets a fixed case time limit (checked: a bad value raises ConfigError)."""
+    timeout = parse_case_timeout(scale.case_timeout)
+    return timeout is not None and not timeout.auto
 
 
 def _check_ray(scale: ScaleOut, device: str) -> Any:
@@ -442,8 +423,9 @@ def _run(job: _Job, ledger: Ledger) -> BatchSummary:
                     device=job.device,
                     workers=job.workers,
                     setup=job.scale.worker_setup,
+                    timeout=parse_case_timeout(job.scale.case_timeout),
                 )
-            elif job.source is None or (job.workers or 1) == 1:
+            elif job.source is None or ((job.workers or 1) == 1 and not _fixed_timeout(job.scale)):
                 run_items(todo, job.predictor, ledger, ctx, on_outcome)
             else:
                 run_in_workers(
@@ -451,10 +433,11 @@ def _run(job: _Job, ledger: Ledger) -> BatchSummary:
                     job.source,
                     ctx,
                     ledger,
-                    job.workers,
+                    job.workers or 1,
                     on_outcome,
                     devices=job.devices,
                     setup=job.scale.worker_setup,
+                    timeout=parse_case_timeout(job.scale.case_timeout),
                 )
     finally:
         summary.items = ledger.rows(run_id=run_id)

@@ -9,7 +9,9 @@ wait for it alone.
 Every worker talks to the parent over its own pipe (a killed worker cannot corrupt the others' channel) and writes
 the shared ledger itself (SQLite serialises the writers). A worker that dies (killed, out of memory) is noticed at
 once through its process sentinel: the item it was computing becomes ``FAILED`` (retried by the next run), an item
-it had only read ahead goes to another worker, and the others go on; no item is handed out twice.
+it had only read ahead goes to another worker, and the others go on; no item is handed out twice. A worker that
+holds a case past the case time limit (:mod:`medseg.batch.deadline`; hung in a system call, say) is killed
+(SIGKILL), that case becomes ``FAILED`` with reason ``WorkerTimeout``, and a replacement worker takes its place.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from medseg.batch.deadline import TIMEOUT_REASON, CaseTimeout
 from medseg.batch.discover import WorkItem
 from medseg.batch.ledger import Ledger
 from medseg.batch.process import (
@@ -40,6 +43,9 @@ from medseg.batch.process import (
 )
 from medseg.batch.publish import remove_item_temps
 
+if TYPE_CHECKING:
+    from medseg.inference.options import InferenceOptions
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ModelSource", "largest_first", "run_in_workers"]
@@ -49,28 +55,24 @@ _POLL_S = 0.5
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How a worker loads the model (the arguments of :func:`medseg.inference.load_model`)."""
+    """How a worker loads the model: the arguments of :func:`medseg.inference.load_model`."""
 
     uri: str
-    device: str
     tracking_uri: str | None
-    tta: bool
-    overlap: float | None
-    sw_batch_size: int | None
-    postprocess: bool | dict[str, Any] | None = None
+    options: InferenceOptions
+
+    @property
+    def device(self) -> str:
+        return self.options.device
+
+    def on(self, device: str) -> ModelSource:
+        """The same model and settings on another device."""
+        return dataclasses.replace(self, options=self.options.replace(device=device))
 
     def load(self) -> Any:
         from medseg.inference import load_model
 
-        return load_model(
-            self.uri,
-            device=self.device,
-            tracking_uri=self.tracking_uri,
-            tta=self.tta,
-            overlap=self.overlap,
-            sw_batch_size=self.sw_batch_size,
-            postprocess=self.postprocess,
-        )
+        return load_model(self.uri, self.options, tracking_uri=self.tracking_uri)
 
 
 def largest_first(items: Sequence[WorkItem]) -> list[WorkItem]:
@@ -149,6 +151,22 @@ class _Dispatcher:
         self.pending = collections.deque(largest_first(items))
         self.ctx, self.ledger, self.on_outcome = ctx, ledger, on_outcome
         self.held: dict[int, dict[str, tuple[WorkItem, float]]] = collections.defaultdict(dict)
+        self.free_at: dict[int, float] = {}  # when each worker finished its last case
+        self.durations: list[float] = []  # of the cases finished in this run (for the automatic time limit)
+
+    def _current(self, i: int) -> tuple[str, float] | None:
+        """``(key, since)`` of the case worker ``i`` is on: the oldest it holds (items are computed in the order
+        they were handed out), timed from when the worker was free for it."""
+        held = self.held.get(i)
+        if not held:
+            return None
+        key, (_item, assigned_at) = min(held.items(), key=lambda kv: kv[1][1])
+        return key, max(assigned_at, self.free_at.get(i, 0.0))
+
+    def overdue(self, i: int, limit: float, now: float) -> str | None:
+        """The key of the case worker ``i`` has been on for more than ``limit`` seconds (None: no such case)."""
+        current = self._current(i)
+        return current[0] if current is not None and now - current[1] > limit else None
 
     def handle(self, i: int, conn: Connection, msg: tuple) -> bool:
         """Act on a message of worker ``i``; False when the worker has finished (``end``/``error``)."""
@@ -163,7 +181,11 @@ class _Dispatcher:
             return True
         if msg[0] == "done":
             outcome: ItemOutcome = msg[1]
+            current, now = self._current(i), time.time()
             if self.held[i].pop(outcome.key, None) is not None:  # not yet settled as lost
+                if current is not None and current[0] == outcome.key:
+                    self.durations.append(now - current[1])
+                self.free_at[i] = now
                 self.on_outcome(dataclasses.replace(outcome, worker=f"worker{i}"))
             return True
         if msg[0] == "error":
@@ -180,6 +202,23 @@ class _Dispatcher:
             else:
                 self.on_outcome(dataclasses.replace(outcome, worker=f"worker{i}"))
 
+    def settle_timeout(self, i: int, key: str, limit: float) -> None:
+        """Worker ``i`` was killed past the time limit while on case ``key``: that case is ``FAILED``
+        (``WorkerTimeout``, even when it hung while being read); a case it had only read ahead is handed out again."""
+        held = self.held.get(i, {})
+        if key in held:
+            item, assigned_at = held.pop(key)
+            row = self.ledger.get(key)
+            if row is not None and (row.started_at is None or row.started_at < assigned_at):
+                self.ledger.mark_started(key)  # stuck before computing (reading it): still an attempt
+            why = f"no result after {limit:.0f} s (the case time limit); the worker was stopped"
+            outcome = record_lost(
+                item, self.ledger, self.ctx, assigned_at=assigned_at, why=why, reason=TIMEOUT_REASON
+            )
+            if outcome is not None:
+                self.on_outcome(dataclasses.replace(outcome, worker=f"worker{i}"))
+        self.settle(i, f"worker {i} was stopped (case time limit)")
+
 
 def run_in_workers(
     items: Sequence[WorkItem],
@@ -191,6 +230,7 @@ def run_in_workers(
     *,
     devices: Sequence[str] | None = None,
     setup: Callable[[], None] | None = None,
+    timeout: CaseTimeout | None = None,
 ) -> list[int]:
     """Process ``items`` in ``workers`` spawned processes fed from one queue; returns the workers that broke.
 
@@ -199,6 +239,7 @@ def run_in_workers(
         devices: the device of each worker (default: ``model.device`` for all).
         setup: a picklable callable run in each worker before the model is loaded (e.g. to register a custom
             network in :data:`medseg.nets.registry.NETWORKS`).
+        timeout: the per-case time limit (None: none); a worker past it is killed and replaced on its device.
     """
     ctx_mp = mp.get_context("spawn")
     n = min(workers, len(items))
@@ -208,19 +249,23 @@ def run_in_workers(
     dispatcher = _Dispatcher(items, ctx, ledger, on_outcome)
     conns: dict[int, Connection] = {}
     procs: dict[int, Any] = {}
-    for i in range(n):
+    device_of: dict[int, str] = {}
+
+    def start(i: int, device: str) -> None:
         parent_end, child_end = ctx_mp.Pipe(duplex=True)
-        source = dataclasses.replace(model, device=devices[i])
         procs[i] = ctx_mp.Process(
             target=_worker,
-            args=(i, source, ctx, ledger.path, threads, child_end, level, setup),
+            args=(i, model.on(device), ctx, ledger.path, threads, child_end, level, setup),
             name=f"medseg-batch-worker{i}",
             daemon=True,
         )
-        conns[i] = parent_end
+        conns[i], device_of[i] = parent_end, device
         procs[i].start()
         child_end.close()
-        logger.info("worker %d: device %s", i, devices[i])
+        logger.info("worker %d: device %s", i, device)
+
+    for i in range(n):
+        start(i, devices[i])
     running = set(procs)
     broken: list[int] = []
     finished = False
@@ -252,6 +297,12 @@ def run_in_workers(
                 running.discard(i)
                 broken.append(i)
                 dispatcher.settle(i, f"the worker process stopped (exit code {procs[i].exitcode})")
+            for i in _stop_overdue(timeout, dispatcher, sorted(running), procs, conns):
+                running.discard(i)
+                if dispatcher.pending:  # a replacement on the same device takes the stopped worker's place
+                    new = max(procs) + 1
+                    start(new, device_of[i])
+                    running.add(new)
         if dispatcher.pending:
             logger.error(
                 "no worker left: %d item(s) stay PENDING for the next run", len(dispatcher.pending)
@@ -271,6 +322,37 @@ def run_in_workers(
                 for item, _at in dispatcher.held[i].values():
                     remove_item_temps(ctx.output, item.key)
     return sorted(set(broken))
+
+
+def _stop_overdue(
+    timeout: CaseTimeout | None,
+    dispatcher: _Dispatcher,
+    running: Sequence[int],
+    procs: dict[int, Any],
+    conns: dict[int, Connection],
+) -> list[int]:
+    """Kill the workers whose case has run past the time limit and settle their cases; returns those workers."""
+    if timeout is None:
+        return []
+    now, limit = time.time(), timeout.limit(dispatcher.durations)
+    stopped = []
+    for i in running:
+        key = dispatcher.overdue(i, limit, now)
+        if key is None:
+            continue
+        logger.error(
+            "worker %d: item %s has run for more than %.0f s (case time limit: %s); stopping the worker",
+            i,
+            key,
+            limit,
+            timeout.describe(),
+        )
+        procs[i].kill()  # SIGKILL: a process stuck in a system call may never act on SIGTERM
+        procs[i].join(timeout=10)
+        _drain(i, conns[i], dispatcher)  # a result it sent just before still counts
+        dispatcher.settle_timeout(i, key, limit)
+        stopped.append(i)
+    return stopped
 
 
 def _drain(i: int, conn: Connection, dispatcher: _Dispatcher) -> None:

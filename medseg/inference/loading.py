@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from medseg.errors import MedsegError
+from medseg.inference.options import InferenceOptions
 from medseg.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -23,21 +21,19 @@ class ModelNotFoundError(MedsegError):
 
 def load_model(
     uri: str | os.PathLike,
+    options: InferenceOptions | None = None,
     *,
-    device: str | torch.device = "auto",
     tracking_uri: str | None = None,
     cache_dir: str | os.PathLike | None = None,
-    **predictor_kwargs: Any,
 ) -> Predictor:
     """Load a trained model for segmentation.
 
     Args:
         uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model`` or a checkpoint path.
-        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda:N"``.
-        tracking_uri: the MLflow tracking URI for ``models:/`` and ``runs:/`` URIs.
+        options: how to run it (device, TTA, window, crop, postprocessing); default: the model's own settings on
+            CUDA when present, else the CPU.
+        tracking_uri: the MLflow tracking URI for ``models:/`` and ``runs:/`` URIs (default: MLflow's own).
         cache_dir: where MLflow artifacts are downloaded (a temp folder when None).
-        predictor_kwargs: passed to :class:`Predictor` (``tta``, ``overlap``, ``sw_batch_size``, ``amp``,
-            ``crop_foreground``, ``channels_last``, ``postprocess``).
 
     Raises:
         ModelNotFoundError: the URI is of no known form or names nothing.
@@ -56,7 +52,7 @@ def load_model(
         name = version = None
         if not path.is_file():
             raise ModelNotFoundError(f"{text}: no such checkpoint file; a model URI is one of {URI_FORMS}")
-    predictor = Predictor.from_checkpoint(path, device=device, **predictor_kwargs)
+    predictor = Predictor.from_checkpoint(path, options)
     predictor.source_uri = text
     predictor.checkpoint_path = path
     predictor.model_name = name  # registered name and the version an alias pointed to (None for files)

@@ -5,8 +5,13 @@ label map on exactly that grid (same shape and affine). The network is loaded on
 
 How a study is segmented (memory stays about one window-deep slab, never a full ``(K, *spatial)`` buffer):
 
+Everything it knows about the model's inputs comes from the model's :class:`~medseg.contract.DataContract`; how to
+run it (device, TTA, window settings, crop, postprocessing) from one :class:`~medseg.inference.InferenceOptions`.
+Validation during training runs this same engine on the validation cases (:mod:`medseg.training.validation`), so
+the Dice logged while training is the Dice of what ``medseg segment`` writes.
+
 1. :mod:`medseg.inference.prepare`: the model grid of the study (as the training preprocessing makes it) and, when
-   the model was trained with ``train.crop_foreground``, the crop box by the same rule (any raw channel above the
+   the model was trained with a foreground crop (the contract's ``crop``), the crop box by the same rule (any raw channel above the
    threshold, plus the margin). Everything outside the box is background.
 2. :class:`medseg.inference.sliding.SlidingWindow`: MONAI's window layout over the whole model grid, of which only
    the windows touching the box run (windows over air are skipped, and every voxel of the box gets exactly the
@@ -34,10 +39,13 @@ import torch
 from monai.data import MetaTensor
 
 from medseg.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, nonfinite_weights
+from medseg.config import to_dict
+from medseg.contract import CropRule, DataContract
 from medseg.errors import ConfigError
 from medseg.inference.invert import LabelInverter, label_dtype_for
+from medseg.inference.options import InferenceOptions
 from medseg.inference.postprocess import Postprocess
-from medseg.inference.prepare import CropRule, crop_rule, foreground_box, model_grid, resample_box
+from medseg.inference.prepare import foreground_box, model_grid, resample_box
 from medseg.inference.resample import axis_maps
 from medseg.inference.sliding import SlidingWindow, SlidingWindowConfig
 
@@ -95,8 +103,9 @@ def check_weights(network: torch.nn.Module, ckpt: Checkpoint, where: str) -> Non
     """
     net = ckpt.spec.network
     problems: list[str] = []
-    if "in_channels" in net and int(net["in_channels"]) != len(ckpt.spec.channels):
-        problems.append(f"{len(ckpt.spec.channels)} channel(s) in the spec, network in_channels={net['in_channels']}")
+    n_channels = len(ckpt.spec.channel_names)
+    if "in_channels" in net and int(net["in_channels"]) != n_channels:
+        problems.append(f"{n_channels} channel(s) in the spec, network in_channels={net['in_channels']}")
     if "out_channels" in net and int(net["out_channels"]) != ckpt.spec.num_classes:
         problems.append(
             f"labels {sorted(ckpt.spec.labels)} need {ckpt.spec.num_classes} outputs, network out_channels="
@@ -118,99 +127,73 @@ def check_weights(network: torch.nn.Module, ckpt: Checkpoint, where: str) -> Non
         raise CheckpointError(f"{where}: not a usable model: " + "; ".join(problems))
 
 
-def resolve_postprocess(
-    spec: ModelSpec, postprocess: bool | Mapping[str, Any] | Postprocess | None = None
-) -> Postprocess:
-    """The postprocessing a predictor applies (see :class:`Predictor`'s ``postprocess`` argument)."""
-    if isinstance(postprocess, Postprocess):
-        result = postprocess
-    elif postprocess is False:
+def resolve_postprocess(contract: DataContract, postprocess: bool | Mapping[str, Any] | None = None) -> Postprocess:
+    """The postprocessing a predictor applies (see :attr:`InferenceOptions.postprocess`)."""
+    model_settings = to_dict(contract.inference.postprocess)
+    if postprocess is False:
         result = Postprocess()
     elif postprocess is None or postprocess is True:
-        model_settings = dict(spec.inference.get("postprocess") or {})
-        result = Postprocess.from_config(model_settings, "model spec inference.postprocess")
+        result = Postprocess.from_config(model_settings, "model contract inference.postprocess")
     elif isinstance(postprocess, Mapping):
-        model_settings = dict(spec.inference.get("postprocess") or {})
         result = Postprocess.from_config({**model_settings, **postprocess}, "postprocess")
     else:
         raise ConfigError(
-            f"postprocess must be None, True, False, a mapping or a Postprocess, got {type(postprocess).__name__}"
+            f"postprocess must be None, True, False or a mapping, got {type(postprocess).__name__}"
         )
-    unknown = sorted(result.label_values - {int(k) for k in spec.labels})
+    unknown = sorted(result.label_values - set(contract.labels))
     if unknown:
         raise ConfigError(
-            f"postprocess: label value(s) {unknown} are not labels of the model; its labels: {dict(spec.labels)}"
+            f"postprocess: label value(s) {unknown} are not labels of the model; its labels: {contract.labels}"
         )
     return result
 
 
 class Predictor:
-    """Runs a network on whole studies with the preprocessing of its :class:`ModelSpec`.
+    """Runs a network on whole studies with the preprocessing of its data contract.
 
     Args:
-        network: the network (moved to ``device`` and put in eval mode here).
-        spec: the model's data contract.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda:N"``.
-        tta: mirroring test-time augmentation: in every window, the mean of the logits over all flips of the
-            network's spatial axes.
-        overlap, sw_batch_size: override the spec's sliding-window settings.
-        amp: mixed precision on CUDA (default: on when the device is CUDA).
-        crop_foreground: segment only the foreground box (default: as the model was trained,
-            ``spec.config["train"]["crop_foreground"]``); False segments the whole grid.
-        channels_last: run 3D networks in channels-last memory format (default: on CPU, where it is faster, unless
-            the network has group/instance normalization, see :func:`channels_last_exact`).
-        postprocess: clean-up of the label map on the study grid (largest component, small-object removal):
-            None or True: the model's own settings (``spec.inference["postprocess"]``, none for older models);
-            False: none; a mapping: the model's settings with these keys replaced (keys of
-            :class:`~medseg.inference.postprocess.Postprocess`); a ``Postprocess``: exactly that.
+        network: the network (moved to the device and put in eval mode here).
+        spec: the model's spec; only its :class:`~medseg.contract.DataContract` is read.
+        options: how to run it (:class:`~medseg.inference.InferenceOptions`; default: the model's own settings).
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        spec: ModelSpec,
-        device: str | torch.device = "auto",
-        *,
-        tta: bool = False,
-        overlap: float | None = None,
-        sw_batch_size: int | None = None,
-        amp: bool | None = None,
-        crop_foreground: bool | None = None,
-        channels_last: bool | None = None,
-        postprocess: bool | Mapping[str, Any] | Postprocess | None = None,
-    ) -> None:
-        self.spec = spec
-        self.device = resolve_device(device)
+    def __init__(self, network: torch.nn.Module, spec: ModelSpec, options: InferenceOptions | None = None) -> None:
+        opts = options if options is not None else InferenceOptions()
+        if not isinstance(opts, InferenceOptions):
+            raise TypeError(f"options must be InferenceOptions, got {type(opts).__name__}")
+        self.spec, self.contract, self.options = spec, spec.contract, opts
+        contract = self.contract
+        self.device = resolve_device(opts.device)
         self.network = network.to(self.device).eval()
-        self.tta = tta
-        inf = dict(spec.inference)
-        self.slice_axis = inf.get("slice_axis") if spec.spatial_dims == 2 else None
-        roi = [int(p) for p in spec.patch_size]
+        self.tta = opts.tta
+        self.slice_axis = contract.data.slice_axis if contract.spatial_dims == 2 else None
+        roi = [int(p) for p in contract.patch_size]
         if self.slice_axis is not None:
             roi.insert(int(self.slice_axis), 1)  # a 2D network slides over single slices of the volume
+        window = contract.inference
         self.window_config = SlidingWindowConfig(
             tuple(roi),
-            overlap=float(overlap if overlap is not None else inf.get("overlap", 0.5)),
-            sw_batch_size=int(sw_batch_size if sw_batch_size is not None else inf.get("sw_batch_size", 4)),
-            mode=inf.get("mode", "gaussian"),
+            overlap=float(opts.overlap if opts.overlap is not None else window.overlap),
+            sw_batch_size=int(opts.sw_batch_size if opts.sw_batch_size is not None else window.sw_batch_size),
+            mode=window.mode,
         )
         self.inferer = SlidingWindow(self.window_config, slab_axis=self.slice_axis, device=self.device)
-        self.amp = (self.device.type == "cuda") if amp is None else (amp and self.device.type == "cuda")
-        rule = crop_rule(spec.config)
-        self.crop: CropRule | None = rule if crop_foreground is None or crop_foreground else None
-        if crop_foreground and rule is None:
-            raise ValueError("crop_foreground=True but the model was not trained with train.crop_foreground")
+        self.amp = (self.device.type == "cuda") if opts.amp is None else (opts.amp and self.device.type == "cuda")
+        if opts.crop_foreground and contract.crop is None:
+            raise ConfigError("crop_foreground=True but the model was not trained with a foreground crop")
+        self.crop: CropRule | None = contract.crop if opts.crop_foreground is None or opts.crop_foreground else None
+        channels_last = opts.channels_last
         if channels_last is None:
             channels_last = self.device.type == "cpu" and channels_last_exact(self.network)
-        self.channels_last = bool(channels_last) and spec.spatial_dims == 3
+        self.channels_last = bool(channels_last) and contract.spatial_dims == 3
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
-        self.postprocess = resolve_postprocess(spec, postprocess)
+        self.postprocess = resolve_postprocess(contract, opts.postprocess)
         self._normalizers: list[Any] | None = None
 
     @classmethod
     def from_checkpoint(
-        cls, ckpt: Checkpoint | str | os.PathLike, device: str | torch.device = "auto", **kw: Any
+        cls, ckpt: Checkpoint | str | os.PathLike, options: InferenceOptions | None = None
     ) -> Predictor:
         """Rebuild the network from the checkpoint's spec and load its weights."""
         from medseg.nets import build_network
@@ -222,7 +205,7 @@ class Predictor:
         network = build_network(net_cfg.pop("name"), **net_cfg)
         check_weights(network, ckpt, where)
         network.load_state_dict(ckpt.state_dict)
-        return cls(network, ckpt.spec, device, **kw)
+        return cls(network, ckpt.spec, options)
 
     # ------------------------------------------------------------------------------------------ preprocessing
     @property
@@ -230,22 +213,22 @@ class Predictor:
         """One normalizer per channel of the data contract."""
         from medseg.data.normalization import ChannelNormalize
 
-        if self._normalizers is None:  # a channel without a normalization entry is used as it is
-            specs = [ch.get("normalization") or {"name": "none"} for ch in self.spec.channels]
-            self._normalizers = ChannelNormalize(specs).normalizers
+        if self._normalizers is None:
+            self._normalizers = ChannelNormalize(self.contract.normalizers()).normalizers
         return self._normalizers
 
     def target_spacing(self, image: MetaTensor) -> list[float]:
         """The model spacing, or the study's own spacing for models that work on the native grid."""
-        if self.spec.spacing is not None:
-            return [float(s) for s in self.spec.spacing]
-        return native_spacing(image.affine, self.spec.orientation[: image.ndim - 1])
+        data = self.contract.data
+        if data.spacing is not None:
+            return [float(s) for s in data.spacing]
+        return native_spacing(image.affine, data.orientation[: image.ndim - 1])
 
     def check_channels(self, image: MetaTensor) -> None:
-        n = len(self.spec.channels)
+        n = len(self.contract.channel_names)
         if image.shape[0] != n:
             raise ValueError(
-                f"the model expects {n} channel(s) {self.spec.channel_names}, the image has {image.shape[0]}"
+                f"the model expects {n} channel(s) {self.contract.channel_names}, the image has {image.shape[0]}"
             )
 
     def _check_input(self, image: MetaTensor) -> None:
@@ -287,7 +270,7 @@ class Predictor:
 
         A 2D network on 3D volumes (``inference.slice_axis`` in the spec) runs on every slice across that axis.
         """
-        if self.spec.spatial_dims == 2 and x.ndim == 5 and self.slice_axis is None:
+        if self.contract.spatial_dims == 2 and x.ndim == 5 and self.slice_axis is None:
             raise ValueError("a 2D model on a 3D volume needs inference.slice_axis in its spec")
         logits = self.inferer(x.to(self.device), self.window_scores)
         return torch.softmax(logits, dim=1)
@@ -296,7 +279,7 @@ class Predictor:
     def predict(self, image: MetaTensor) -> MetaTensor:
         """Label map ``(1, *spatial)`` (uint8 for up to 256 classes) on exactly ``image``'s grid and affine."""
         self._check_input(image)
-        grid = model_grid(image, self.spec.orientation[: image.ndim - 1], self.target_spacing(image))
+        grid = model_grid(image, self.contract.data.orientation[: image.ndim - 1], self.target_spacing(image))
         box = grid.whole if self.crop is None else foreground_box(image.as_tensor(), grid, self.crop)
         # the whole-grid windows that touch the box, widened by the one voxel its interpolation may read
         wide = tuple((max(b0 - 1, 0), min(b1 + 1, n)) for (b0, b1), n in zip(box, grid.shape, strict=True))
@@ -304,7 +287,7 @@ class Predictor:
         pre = resample_box(image, self.normalizers, grid, layout.hull)
         maps = axis_maps(grid.affine, np.asarray(image.affine, dtype=np.float64))  # study axis -> model axis
         inverter = LabelInverter(
-            image.shape[1:], maps, grid.shape, layout.hull, box, label_dtype_for(self.spec.num_classes)
+            image.shape[1:], maps, grid.shape, layout.hull, box, label_dtype_for(self.contract.num_classes)
         )
         logger.debug(
             "segmenting %s on the model grid %s: box %s, %d of %d windows",
@@ -320,20 +303,20 @@ class Predictor:
         return self.postprocess(label)
 
     def predict_case(self, sources: Mapping[str, str | os.PathLike]) -> tuple[MetaTensor, MetaTensor]:
-        """Assemble the spec's channels from files / DICOM folders, then :meth:`predict`."""
-        from medseg.config.schema import ChannelConfig
+        """Assemble the contract's channels from files / DICOM folders, then :meth:`predict`."""
         from medseg.data.channels import assemble_channels
 
-        channels = [ChannelConfig(**c) for c in self.spec.channels]
+        data = self.contract.data
         image = assemble_channels(
             {k: Path(v) for k, v in sources.items()},
-            channels,
-            resample=bool(self.spec.config.get("data", {}).get("resample_channels", False)),
-            spatial_dims=self.file_dims,
+            data.channels,
+            resample=data.resample_channels,
+            tol_mm=data.geometry_tolerance_mm,
+            spatial_dims=data.file_dims,
         )
         return image, self.predict(image)
 
     @property
     def file_dims(self) -> int:
         """Spatial dims of the input files: 3 for 3D models and for 2D models applied slice-wise to volumes."""
-        return 3 if self.spec.spatial_dims == 3 or self.spec.inference.get("slice_axis") is not None else 2
+        return self.contract.file_dims

@@ -2,7 +2,8 @@
 
 Training (:mod:`medseg.training.transforms`) normalizes each channel on the native grid, reorients, resamples to the
 model spacing (bilinear, border padding) and, with ``train.crop_foreground``, crops to the bounding box of the voxels
-where any *raw* channel exceeds ``train.foreground_threshold``, plus ``train.foreground_margin`` voxels. Here
+where any *raw* channel exceeds ``train.foreground_threshold``, plus ``train.foreground_margin`` voxels (stored in
+the model's contract as :class:`medseg.contract.CropRule`). Here
 
 * :func:`model_grid` takes the target grid (shape and affine) from MONAI's own ``Orientation``/``Spacing`` run
   lazily, so it is exactly the training grid, without touching voxels;
@@ -16,54 +17,27 @@ where any *raw* channel exceeds ``train.foreground_threshold``, plus ``train.for
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from medseg.contract import CropRule
 from medseg.data.normalization import ChannelNormalize, Normalizer
 from medseg.inference.resample import AxisMap, Stencil, axis_maps, index_range, lerp_axis, stencil
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CropRule",
     "ModelGrid",
-    "crop_rule",
     "foreground_box",
     "model_grid",
     "resample_box",
 ]
 
 CHUNK_VOXELS = 1 << 18  # study voxels per channel read, normalized and resampled at a time
-
-
-@dataclass(frozen=True)
-class CropRule:
-    """Foreground crop of the training config: any raw channel > ``threshold``, plus ``margin`` voxels."""
-
-    threshold: float
-    margin: int
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.threshold):
-            raise ValueError(f"foreground threshold must be finite, got {self.threshold}")
-        if self.margin < 0:
-            raise ValueError(f"foreground margin must be >= 0 voxels, got {self.margin}")
-
-
-def crop_rule(config: Mapping[str, Any]) -> CropRule | None:
-    """The crop rule of a training config (plain data, ``ModelSpec.config``), or None when it did not crop.
-
-    A config without a ``train`` section (a model not trained by medseg) is not cropped.
-    """
-    train = config.get("train") or {}
-    if not train.get("crop_foreground", False):
-        return None
-    return CropRule(float(train.get("foreground_threshold", 0.0)), int(train.get("foreground_margin", 2)))
 
 
 @dataclass(frozen=True)

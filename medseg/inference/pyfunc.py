@@ -89,4 +89,4 @@ def _load_pyfunc(data_path: str | os.PathLike) -> PyfuncSegmenter:
     path = Path(data_path)
     if path.is_dir():  # MLflow passes the model folder when no data file was logged
         raise FileNotFoundError(f"{path}: the MLflow model holds no medseg checkpoint")
-    return PyfuncSegmenter(Predictor.from_checkpoint(path, device="auto"))
+    return PyfuncSegmenter(Predictor.from_checkpoint(path))

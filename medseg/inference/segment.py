@@ -47,10 +47,10 @@ def segment_file(
         ValueError: the model has several channels (use :meth:`Predictor.predict_case`).
         medseg.errors.InputError: unreadable or inconsistent input (with its reason code).
     """
-    if len(predictor.spec.channels) != 1:
+    names = predictor.spec.contract.channel_names
+    if len(names) != 1:
         raise ValueError(
-            f"segment_file reads one channel but the model expects {len(predictor.spec.channels)} "
-            f"{predictor.spec.channel_names}; use Predictor.predict_case with one source per channel"
+            f"segment_file reads one channel but the model expects {len(names)} {names}; use Predictor.predict_case with one source per channel"
         )
     start = time.perf_counter()
     image = load_volume(source, series_rule=series_rule, spatial_dims=predictor.file_dims, dtype=None)

@@ -29,6 +29,7 @@ from medseg._version import __version__
 from medseg.atomic import atomic_write_text
 from medseg.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, nonfinite_weights
 from medseg.config import MedsegConfig, apply_overrides, from_dict, load_config, to_dict
+from medseg.contract import contract_from_config
 from medseg.errors import ConfigError
 from medseg.inference.predictor import resolve_device
 from medseg.losses import DeepSupervisionLoss
@@ -42,8 +43,8 @@ from medseg.training.optim import build_optimizer, build_schedule
 from medseg.training.plots import learning_curve, qc_overlay
 from medseg.training.split import choose_split
 from medseg.training.summary import dataset_summary
-from medseg.training.transforms import build_train_transforms, build_val_transforms
-from medseg.training.validation import make_val_inferer, validate
+from medseg.training.transforms import build_train_transforms
+from medseg.training.validation import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -87,23 +88,10 @@ def torch_settings(deterministic: bool, threads: int | None) -> Iterator[None]:
 
 
 def build_model_spec(config: MedsegConfig, model: torch.nn.Module) -> ModelSpec:
-    """The data contract and run settings stored in every checkpoint."""
-    d, inf = config.data, config.inference
+    """What every checkpoint stores: the network, the data contract, and the public config (provenance)."""
     return ModelSpec(
         network=network_config(model),
-        channels=[to_dict(c) for c in d.channels],
-        labels=dict(d.labels),
-        spacing=None if d.spacing is None else list(d.spacing),
-        orientation=d.orientation,
-        spatial_dims=d.spatial_dims,
-        patch_size=list(config.train.patch_size),
-        inference={
-            "overlap": inf.overlap,
-            "sw_batch_size": inf.sw_batch_size,
-            "mode": inf.mode,
-            "slice_axis": d.slice_axis,
-            "postprocess": to_dict(inf.postprocess),
-        },
+        contract=contract_from_config(config),
         config=public_config(config),
         medseg_version=__version__,
     )
@@ -147,11 +135,15 @@ def _resume_checkpoint(trainer: Trainer, device: torch.device) -> tuple[Checkpoi
 
 
 def _check_resumable(spec: ModelSpec, saved: ModelSpec, path: Path) -> None:
-    for key in ("network", "channels", "labels", "spacing", "orientation", "spatial_dims", "patch_size"):
-        if getattr(spec, key) != getattr(saved, key):
+    pairs = {
+        "network": (spec.network, saved.network),
+        "data contract (data section)": (spec.contract.data, saved.contract.data),
+        "patch_size": (spec.contract.patch_size, saved.contract.patch_size),
+    }
+    for key, (now, before) in pairs.items():
+        if now != before:
             raise ConfigError(
-                f"--resume: {path} was trained with a different {key} ({getattr(saved, key)!r} "
-                f"vs {getattr(spec, key)!r}); use a new work folder"
+                f"--resume: {path} was trained with a different {key} ({before!r} vs {now!r}); use a new work folder"
             )
     before = saved.config.get("train", {}).get("budget_minutes")
     now = spec.config.get("train", {}).get("budget_minutes")
@@ -160,6 +152,53 @@ def _check_resumable(spec: ModelSpec, saved: ModelSpec, path: Path) -> None:
             f"--resume: {path} was trained {'without' if before is None else 'with'} train.budget_minutes "
             f"({before!r} vs {now!r}); the learning-rate schedule differs, so use a new work folder"
         )
+
+
+def _cases(config: MedsegConfig, source: str | os.PathLike | None) -> tuple[list[Any], list[Any], list[Any]]:
+    """``(training cases, validation cases, per-case infos)`` of the datalist, every case checked against the
+    data contract (:class:`medseg.training.datalist.DatalistError` lists all problems)."""
+    if source is None:
+        raise ConfigError("datalist.path: no datalist given (set it in the config or pass datalist=)")
+    tc, dl = config.train, config.datalist
+    entries = load_datalist(source, config.data.channel_names, label=dl.label, fmt=dl.format)
+    infos = validate_datalist(entries, config.data, source=str(source))
+    train_cases, val_cases = choose_split(
+        entries,
+        splits=dl.splits,
+        fold=dl.fold,
+        validation=tc.val_every > 0,
+        val_fraction=tc.val_fraction,
+        folds=tc.folds,
+        k=tc.fold,
+        seed=tc.seed,
+        source=str(source),
+    )
+    if tc.val_every == 0:
+        logger.warning("train.val_every is 0: no validation runs; best.pt will hold the final epoch's weights")
+    elif not val_cases:
+        logger.warning("no validation case: no validation runs; best.pt will hold the final epoch's weights")
+    return train_cases, val_cases, infos
+
+
+class _Validation:
+    """The loop's ``validate(epoch)``: the validator on the model being trained, plus its QC pictures."""
+
+    def __init__(self, validator: Validator, model: torch.nn.Module, qc_dir: Path) -> None:
+        self.validator, self.model, self.qc_dir = validator, model, qc_dir
+        self.latest: list[Path] = []
+
+    def __call__(self, epoch: int) -> tuple[dict[str, float], list[Path]]:
+        metrics, slices = self.validator(self.model)
+        self.latest = [
+            qc_overlay(s.image, s.label, s.pred, self.qc_dir / f"epoch{epoch:03d}_val{s.index:02d}.png",
+                       f"epoch {epoch}, validation case {s.index}")
+            for s in slices
+        ]  # fmt: skip
+        return metrics, self.latest
+
+
+def _no_validation(epoch: int) -> tuple[dict[str, float], list[Path]]:
+    raise RuntimeError("validation is off for this run")  # the loop never calls it when val_every is 0
 
 
 def train(
@@ -202,29 +241,8 @@ def train(
             "or train into a new work folder"
         )
     tc = config.train
-    source = datalist if datalist is not None else config.datalist.path
-    if source is None:
-        raise ConfigError("datalist.path: no datalist given (set it in the config or pass datalist=)")
-    entries = load_datalist(
-        source, config.data.channel_names, label=config.datalist.label, fmt=config.datalist.format
-    )
-    infos = validate_datalist(entries, config.data, source=str(source))
-    train_cases, val_cases = choose_split(
-        entries,
-        splits=config.datalist.splits,
-        fold=config.datalist.fold,
-        validation=tc.val_every > 0,
-        val_fraction=tc.val_fraction,
-        folds=tc.folds,
-        k=tc.fold,
-        seed=tc.seed,
-        source=str(source),
-    )
+    train_cases, val_cases, infos = _cases(config, datalist if datalist is not None else config.datalist.path)
     val_every = tc.val_every if val_cases else 0
-    if tc.val_every == 0:
-        logger.warning("train.val_every is 0: no validation runs; best.pt will hold the final epoch's weights")
-    elif not val_cases:
-        logger.warning("no validation case: no validation runs; best.pt will hold the final epoch's weights")
     summary = dataset_summary(config.data, infos, len(train_cases), len(val_cases))
     if dist.is_main:
         atomic_write_text(work / "dataset_summary.json", json.dumps(summary, indent=2))
@@ -242,11 +260,6 @@ def train(
             tc.cache,
             cache_dir / "train",
         )
-        val_ds = (
-            make_dataset([e.as_item() for e in val_cases], build_val_transforms(config), tc.cache, cache_dir / "val")
-            if val_every
-            else None
-        )
         seed_everything(tc.seed)
         d = config.data
         model = build_network(
@@ -257,9 +270,12 @@ def train(
         )
         scheduler = build_schedule(optimizer, tc.epochs, tc.poly_power, budget=tc.budget_minutes is not None)
         spec = build_model_spec(config, model)
-        inferer = make_val_inferer(config)
-        qc_dir = work / "qc"
-        latest_qc: list[Path] = []
+        qc_axis = 2 if d.slice_axis is None else d.slice_axis
+        validation = (
+            _Validation(Validator(spec, val_cases, device, qc_cases=tc.qc_cases, qc_axis=qc_axis), model, work / "qc")
+            if val_every
+            else None
+        )
 
         def loaders(epoch: int) -> Any:
             return epoch_loader(
@@ -274,25 +290,6 @@ def train(
                 world_size=dist.world_size,
             )
 
-        def run_validation(epoch: int) -> tuple[dict[str, float], list[Path]]:
-            batches = torch.utils.data.DataLoader(val_ds, batch_size=1, num_workers=0)
-            qc_axis = 2 if d.slice_axis is None else d.slice_axis
-            metrics, slices = validate(
-                model, batches, inferer, d.labels, device, amp=tc.amp, qc_cases=tc.qc_cases, qc_axis=qc_axis
-            )
-            pngs = [
-                qc_overlay(
-                    s.image,
-                    s.label,
-                    s.pred,
-                    qc_dir / f"epoch{epoch:03d}_val{s.index:02d}.png",
-                    f"epoch {epoch}, validation case {s.index}",
-                )
-                for s in slices
-            ]
-            latest_qc[:] = pngs
-            return metrics, pngs
-
         trainer = Trainer(
             dist.wrap(model),
             loss,
@@ -300,12 +297,13 @@ def train(
             scheduler,
             spec=spec,
             loaders=loaders,
-            validate=run_validation,
+            validate=validation if validation is not None else _no_validation,
             checkpoint_dir=work / "checkpoints",
             epochs=tc.epochs,
             val_every=val_every,
             device=device,
             amp=tc.amp,
+            precision=tc.precision,
             grad_clip=tc.grad_clip,
             observer=tracker,
             budget_seconds=None if tc.budget_minutes is None else 60.0 * tc.budget_minutes,
@@ -318,28 +316,21 @@ def train(
             trainer.restore(ckpt)
             resumed_from = ckpt.epoch
             logger.info("resuming after epoch %d from %s", ckpt.epoch, path)
-        notify(
-            tracker,
-            "on_start",
-            {
-                "config": public_config(config),
-                "dataset": summary,
-                "run": {
-                    "device": str(device),
-                    "medseg_version": __version__,
-                    "resumed_from_epoch": resumed_from,
-                    "validation": val_every > 0,
-                    "world_size": dist.world_size,
-                },
-            },
-        )
+        run = {
+            "device": str(device),
+            "medseg_version": __version__,
+            "resumed_from_epoch": resumed_from,
+            "validation": val_every > 0,
+            "world_size": dist.world_size,
+        }
+        notify(tracker, "on_start", {"config": public_config(config), "dataset": summary, "run": run})
         try:
             state = trainer.fit()
             final = trainer.best_path if trainer.best_path.is_file() else trainer.last_path
             model.load_state_dict(load_checkpoint(final, map_location=device).state_dict)
             if dist.is_main:
                 result.learning_curve = learning_curve(state.history, work / "learning_curve.png")
-            result.qc_images = list(latest_qc)
+            result.qc_images = list(validation.latest) if validation is not None else []
         except TrainingDiverged as exc:
             _finish(result, trainer, "diverged", str(exc), t0, tracker)
             raise

@@ -183,7 +183,11 @@ def _preprocess_steps(data: Any, labels: list[str]) -> list[Any]:
 
 
 def build_val_transforms(config: Any) -> Compose:
-    """Load and preprocess whole cases (no crop, no augmentation) for sliding-window validation."""
+    """Load and preprocess whole cases (no crop, no augmentation): training's view of a whole case.
+
+    Validation does not use it (it runs the inference engine on the case's own grid,
+    :mod:`medseg.training.validation`); tests check the engine's preprocessing and the training crop against it.
+    """
     steps: list[Any] = [LoadCased(config.data), *_preprocess_steps(config.data, [LABEL])]
     steps.append(EnsureTyped(keys=[IMAGE, LABEL], dtype=torch.float32))
     return Compose(steps)

@@ -1,21 +1,35 @@
-"""Validation by sliding window over whole preprocessed cases: Dice per label, and slices for QC overlays."""
+"""Validation with the inference engine: the Dice logged while training is the Dice of what users get.
+
+Each validation case is read from its files as ``medseg segment`` reads a study (the contract's channels, on the
+case's own grid) and segmented by a :class:`~medseg.inference.Predictor` built around the network being trained,
+with the model's own inference settings (window, crop, postprocessing) and the default options of ``medseg
+segment``. Dice per label is then computed against the reference label map on the case's own grid, as ``medseg
+evaluate`` computes it. So a checkpoint's ``val/dice_*`` equals ``medseg segment`` + ``medseg evaluate`` on the
+validation cases (``tests/test_training_validation.py`` checks it).
+
+A label absent from both the prediction and the reference of a case counts as Dice 1 for that case.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SliceInferer
 
-from medseg.inference.sliding import make_inferer
+from medseg.checkpoint import ModelSpec
+from medseg.inference.options import InferenceOptions
+from medseg.inference.predictor import Predictor
 from medseg.metrics import compute_metrics
+from medseg.training.datalist import load_case
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["QCSlice", "Validator", "autocast"]
 
 
 @dataclass
@@ -26,21 +40,6 @@ class QCSlice:
     image: np.ndarray
     label: np.ndarray
     pred: np.ndarray
-
-
-def make_val_inferer(config: Any) -> Inferer:
-    """Sliding window with the training patch as window; slice by slice for a slice-wise 2D model."""
-    inf, roi = config.inference, [int(p) for p in config.train.patch_size]
-    if config.data.slice_axis is None:
-        return make_inferer(roi, overlap=inf.overlap, sw_batch_size=inf.sw_batch_size, mode=inf.mode)
-    return SliceInferer(
-        spatial_dim=config.data.slice_axis,
-        roi_size=roi,
-        overlap=inf.overlap,
-        sw_batch_size=inf.sw_batch_size,
-        mode=inf.mode,
-        progress=False,
-    )
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -59,44 +58,57 @@ def _qc_slice(image: np.ndarray, label: np.ndarray, pred: np.ndarray, axis: int)
     return tuple(np.take(a, k, axis=axis) for a in (image, label, pred))
 
 
-@torch.no_grad()
-def validate(
-    model: torch.nn.Module,
-    batches: Iterable[Mapping[str, Any]],
-    inferer: Inferer,
-    labels: Mapping[int, str],
-    device: torch.device,
-    *,
-    amp: bool = False,
-    qc_cases: int = 0,
-    qc_axis: int = 2,
-) -> tuple[dict[str, float], list[QCSlice]]:
-    """Dice per foreground label, averaged over cases, of the argmax of ``inferer(image, model)``.
+class Validator:
+    """Segments the validation cases with the inference engine and scores them.
 
-    Returns ``({"val/dice/<name>": ..., "val/dice_mean": ...}, qc slices of the first ``qc_cases`` cases)``.
-    A label absent from both prediction and ground truth of a case counts as Dice 1 for that case.
+    Args:
+        spec: the model's spec as it will be stored in the checkpoint (its contract drives the engine).
+        cases: the validation cases (``.channels``: channel name -> file; ``.label``: the reference file).
+        device: where the network being trained lives.
+        qc_cases: how many cases give a QC slice.
+        qc_axis: the axis the QC slices are taken across.
     """
-    model.eval()
-    foreground = [k for k in sorted(labels) if k != 0]
-    scores: dict[int, list[float]] = {k: [] for k in foreground}
-    qc: list[QCSlice] = []
-    n = 0
-    for batch in batches:
-        image = batch["image"].to(device)
-        with autocast(device, amp):
-            logits = inferer(image, model)
-        pred = torch.as_tensor(logits).float().argmax(dim=1).cpu().numpy()
-        truth = torch.as_tensor(batch["label"])[:, 0].cpu().numpy().round().astype(np.int64)
-        for b in range(pred.shape[0]):
-            result = compute_metrics(pred[b], truth[b], foreground, spacing=1.0, metrics=["dice"])
-            for k in foreground:
-                scores[k].append(result[k]["dice"])
-            if len(qc) < qc_cases:
-                img = torch.as_tensor(batch["image"])[b, 0].cpu().numpy()
-                qc.append(QCSlice(n, *_qc_slice(img, truth[b], pred[b], qc_axis)))
-            n += 1
-    if n == 0:
-        raise ValueError("validation got no cases")
-    metrics = {f"val/dice/{labels[k]}": float(np.mean(v)) for k, v in scores.items()}
-    metrics["val/dice_mean"] = float(np.mean([np.mean(v) for v in scores.values()]))
-    return metrics, qc
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        cases: Sequence[Any],
+        device: torch.device,
+        *,
+        qc_cases: int = 0,
+        qc_axis: int = 2,
+    ) -> None:
+        if not cases:
+            raise ValueError("validation needs at least one case")
+        self.spec, self.cases, self.device = spec, list(cases), device
+        self.qc_cases, self.qc_axis = qc_cases, qc_axis
+        self.options = InferenceOptions(device=str(device))
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> tuple[dict[str, float], list[QCSlice]]:
+        """``({"val/dice/<name>": ..., "val/dice_mean": ...}, QC slices of the first ``qc_cases`` cases)``.
+
+        The network is left in eval mode, with its weights in the memory layout they had.
+        """
+        labels = self.spec.labels
+        foreground = [k for k in sorted(labels) if k != 0]
+        scores: dict[int, list[float]] = {k: [] for k in foreground}
+        qc: list[QCSlice] = []
+        predictor = Predictor(model, self.spec, self.options)
+        try:
+            for n, case in enumerate(self.cases):
+                image, truth_image = load_case(self.spec.contract.data, case.channels, case.label)
+                pred = predictor.predict(image).as_tensor()[0].cpu().numpy()
+                truth = truth_image.as_tensor()[0].cpu().numpy().round().astype(np.int64)
+                result = compute_metrics(pred, truth, foreground, spacing=1.0, metrics=["dice"])
+                for k in foreground:
+                    scores[k].append(result[k]["dice"])
+                if n < self.qc_cases:
+                    first = image.as_tensor()[0].cpu().float().numpy()
+                    qc.append(QCSlice(n, *_qc_slice(first, truth, pred, self.qc_axis)))
+        finally:
+            if predictor.channels_last:  # the engine's layout was for inference; training keeps its own
+                model.to(memory_format=torch.contiguous_format)
+        metrics = {f"val/dice/{labels[k]}": float(np.mean(v)) for k, v in scores.items()}
+        metrics["val/dice_mean"] = float(np.mean([np.mean(v) for v in scores.values()]))
+        return metrics, qc
