@@ -24,19 +24,18 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.atomic import TEMP_PREFIX
 from medseg.batch.deadline import parse_case_timeout
 from medseg.batch.discover import Discovery, WorkItem, discover
 from medseg.batch.ledger import LEDGER_FILE, Ledger
 from medseg.batch.ledger_db import LedgerError, Status
 from medseg.batch.naming import keyed_name, load_or_create_key
+from medseg.batch.preflight import check_formats, check_model, check_paths
 from medseg.batch.process import ItemOutcome, RunContext, run_items
 from medseg.batch.progress import ProgressBar
 from medseg.batch.provenance import batch_provenance, run_fingerprint
@@ -52,49 +51,6 @@ __all__ = ["DEFAULT_FORMATS", "ScaleOut", "segment_archive"]
 
 DEFAULT_FORMATS = ("nifti", "seg", "report", "qc")
 _CREATED_META = "seg_created"
-
-
-def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    from medseg.outputs import FORMATS
-
-    if isinstance(formats, str):
-        formats = (formats,)
-    formats = tuple(formats)
-    if not formats:
-        raise ConfigError("formats: at least one output format is needed")
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ConfigError(f"formats: unknown output format(s) {unknown}; valid: {list(FORMATS)}")
-    return tuple(f for f in FORMATS if f in formats)
-
-
-def _check_paths(input_path: Path, output: Path) -> None:
-    if output == input_path or input_path.is_relative_to(output):
-        raise ConfigError(
-            "the output folder must not be the input or contain it; choose a separate output folder"
-        )
-    if output.exists() and not output.is_dir():
-        raise ConfigError("the output path exists and is not a folder")
-    _check_writable(output)
-
-
-def _check_writable(output: Path) -> None:
-    """Preflight: a file can be created in ``output`` (or, before it exists, in its nearest existing parent).
-
-    Probed by creating and removing a temp file, which also catches what permission bits do not show (read-only
-    file systems, immutable folders, root squash); so a run never loads a model and fails at its first write.
-    """
-    existing = output
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{output}: cannot create the output folder: {existing} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".probe", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"{output}: the output folder is not writable ({exc.strerror or exc})") from None
 
 
 @dataclass(frozen=True)
@@ -118,25 +74,11 @@ class ScaleOut:
     case_timeout: float | str | None = "auto"
 
 
-def _check_model(model: Any, options: InferenceOptions | None, *, workers: int, ray: bool = False) -> None:
-    if isinstance(model, str | os.PathLike):
-        return  # settings are checked when the model is loaded (resolve_postprocess), before anything is written
-    if not hasattr(model, "predict") or not hasattr(model, "spec"):
-        raise ConfigError(
-            f"model must be a model URI / checkpoint path or a Predictor, got {type(model).__name__}"
-        )
-    if workers > 1 or ray:
-        raise ConfigError(
-            f"{'ray' if ray else 'workers > 1'} needs a model URI or checkpoint path (each worker loads its own model)"
-        )
-    if options is not None and options.replace(device="auto") != InferenceOptions():
-        raise ConfigError("inference options apply when loading a model; a ready Predictor has its own")
-
-
 def _predictor(
     model: Any, options: InferenceOptions, *, tracking_uri: str | None, remote: bool
 ) -> tuple[Any, Any]:
-    """``(predictor, model source for worker processes or None)``; the model was checked by :func:`_check_model`."""
+    """``(predictor, model source for worker processes or None)``; the model was checked by
+    :func:`~medseg.batch.preflight.check_model`."""
     from medseg.batch.workers import ModelSource
 
     if not isinstance(model, str | os.PathLike):
@@ -267,11 +209,11 @@ def segment_archive(
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     scale = scale or ScaleOut()
-    fmt = _check_formats(formats)
+    fmt = check_formats(formats)
     stoppable = _fixed_timeout(scale)  # a fixed case time limit: even one worker computes in a worker process
     if stoppable and not isinstance(model, str | os.PathLike):
         raise ConfigError("case_timeout: a fixed limit needs a model URI or checkpoint path (cases run in a worker)")
-    _check_model(model, options, workers=workers or 1, ray=scale.ray is not None)
+    check_model(model, options, workers=workers or 1, ray=scale.ray is not None)
     options = options if options is not None else InferenceOptions()
     device = options.device
     ray_target = _check_ray(scale, device)
@@ -279,7 +221,7 @@ def segment_archive(
     devices = _local_devices(device, workers or 1) if ray_target is None and uri else None
     if not input_path.exists():
         raise InputError(ReasonCode.FILE_NOT_FOUND, None, "the batch input does not exist")
-    _check_paths(input_path, out)
+    check_paths(input_path, out)
     # the model (and its settings) is checked before anything is written: a bad model leaves no output folder
     predictor, source = _predictor(
         model,
