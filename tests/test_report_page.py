@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -141,8 +142,14 @@ def test_the_page_in_headless_chromium(run, chromium, tmp_path):
             "const t2 = document.getElementById('filter-text'); t2.value = '';"
             "t2.dispatchEvent(new Event('input'))"
         )
-        # every thumbnail loaded (decoded with a size), from the output folder
-        sizes = browser.evaluate("[...document.querySelectorAll('#cases img')].map(i => i.naturalWidth)")
+        # every thumbnail loaded (decoded with a size), from the output folder; images load asynchronously, so a
+        # busy machine gets a few seconds before a missing one counts
+        widths = "[...document.querySelectorAll('#cases img')].map(i => i.complete ? i.naturalWidth : -1)"
+        deadline = time.monotonic() + 30
+        sizes = browser.evaluate(widths)
+        while -1 in sizes and time.monotonic() < deadline:
+            time.sleep(0.2)
+            sizes = browser.evaluate(widths)
         assert len(sizes) == 17 and min(sizes) > 100
 
         # no network: every request is the page itself, a file inside the output folder, or a data: URI
