@@ -5,9 +5,11 @@ plan.yaml`` merges it over the config (before ``--set``). Without a base config 
 datalist (channel names from a ``dataset.json``, a CSV header or the first case folder; label names from the
 ``dataset.json``, else the label values found, named ``label_N``) and written into the plan as well.
 
-On CPU the patch search keeps the *predicted* step time (FLOPs / measured convolution throughput) under a limit;
-when the calibrated step then takes more than 1.5x the limit, the throughput is corrected by the measurement and
-the plan is made once more (and calibrated again).
+On CPU the patch search keeps the *predicted* step time (FLOPs / measured convolution throughput) under a limit
+(``--max-step-seconds``, else 2 s). When the calibrated step then takes more than 1.5x the limit -- judged by the
+*fastest* timed step, since load on a shared machine only ever adds time (one busy second in three steps made the
+median 2-3x the step's own time in ``benchmarks/real_data.py`` runs) -- the throughput is corrected by that
+measurement and the plan is made once more (and calibrated again).
 """
 
 from __future__ import annotations
@@ -210,15 +212,17 @@ def make_plan(
         timing = measure_step(from_dict(MedsegConfig, deep_merge(raw, plan.overlay)), budget.device,
                               steps=calibration_steps, seed=seed)
         predicted = budget.predicted_seconds(plan.cost) if plan.cost is not None else None
-        if limit is not None and predicted and timing.seconds > RECALIBRATE_RATIO * limit:
+        fastest = min(timing.all_seconds)  # load on a shared machine only ever adds time
+        if limit is not None and predicted and fastest > RECALIBRATE_RATIO * limit:
             # the throughput probe was optimistic for this network: correct it by the measurement, plan once more
-            measured_flops = budget.flops_per_second * predicted / timing.seconds
-            logger.info("step took %.2f s (predicted %.2f s): re-planning at %.3g FLOP/s", timing.seconds,
+            measured_flops = budget.flops_per_second * predicted / fastest
+            logger.info("step took %.2f s (predicted %.2f s): re-planning at %.3g FLOP/s", fastest,
                         predicted, measured_flops)
             budget = dataclasses.replace(budget, flops_per_second=measured_flops)
             plan = plan_from_fingerprint(fp, config, budget, modality_overrides=modalities, n_train=n_train)
-            plan.decide("(re-planned)", f"{timing.seconds:.2f} s",
-                        f"the first plan's measured step exceeded {RECALIBRATE_RATIO:g} x the {limit:g} s limit "
+            plan.decide("(re-planned)", f"{fastest:.2f} s",
+                        f"the first plan's fastest measured step exceeded {RECALIBRATE_RATIO:g} x the {limit:.3g} s "
+                        "limit "
                         f"(predicted {predicted:.2f} s): throughput corrected to {measured_flops / 1e9:.3g} GFLOP/s",
                         in_overlay=False)
             timing = measure_step(from_dict(MedsegConfig, deep_merge(raw, plan.overlay)), budget.device,

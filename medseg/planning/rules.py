@@ -179,7 +179,7 @@ def plan_from_fingerprint(
     plan.pools_per_axis = list(choice.pools)
     limits = f"memory budget {budget.memory_bytes / GIB:.2f} GiB ({budget.memory_source})"
     if budget.max_step_seconds is not None:
-        limits += f" and step time <= {budget.max_step_seconds:g} s"
+        limits += f" and step time <= {budget.max_step_seconds:.3g} s"
     why_patch = (
         f"equal mm per axis, clipped to the median shape, padded to multiples of 2^pools; fits the {limits}"
         + (f" after {choice.shrunk} reduction(s)" if choice.shrunk else "")
