@@ -30,11 +30,11 @@ in this process, then ``sliding_window_inference`` and ``Invertd`` back to each 
 HD95 (mm, on the original grid, ``medseg.metrics``) are printed per test volume for both.
 
 Repeats: a model trained on two volumes for a few minutes is at the mercy of its seed -- on ICBM152 the same plan
-scored Dice 0.88 to 0.96 over seeds 0-2 at equal steps, MONAI's pipeline 0.75 to 0.94 over runs -- so one model per
-pipeline decides nothing. ``--repeats N`` (default 3) trains N models per pipeline (seeds 0..N-1: ``train.seed`` for
-medseg, ``monai.utils.set_determinism`` for MONAI), alternating which pipeline goes first, and prints every model
-and the mean +- standard deviation per pipeline. ``medseg plan`` runs once (its calibration is not in the budget).
-About (2 x budget + 1.5 min) per repeat on 2 cores.
+scored Dice 0.88 to 0.96 over seeds 0-2 at equal steps, MONAI's pipeline 0.69 to 0.97 over seeds and runs -- so
+one model per pipeline decides nothing. ``--repeats N`` (default 3) trains N models per pipeline (seeds 0..N-1:
+``train.seed`` for medseg, ``monai.utils.set_determinism`` for MONAI), alternating which pipeline goes first, and
+prints every model and the mean +- standard deviation per pipeline. ``medseg plan`` runs once (its calibration is
+not in the budget). About (2 x budget + 1.5 min) per repeat on 2 cores.
 
 Usage: ``python benchmarks/real_data.py [--budget-minutes 3] [--repeats 3] [--workdir /tmp/medseg-real]
 [--skip-monai]``
