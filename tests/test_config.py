@@ -70,3 +70,21 @@ def test_missing_required_and_bad_yaml(tmp_path):
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(_write(tmp_path, "loop.yaml", "base: loop.yaml\n"))
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["!!python/object/apply:os.system", "!!python/object/new:subprocess.Popen", "!!python/name:os.system"],
+)
+def test_yaml_python_tags_are_refused_and_never_run(tmp_path, tag):
+    """A config is data: a YAML tag that would construct a Python object is refused, naming the file, and its
+    payload never runs (the canary file is never created); the same through an override on the command line."""
+    canary = tmp_path / "canary"
+    payload = f'{tag} [["touch", "{canary}"]]' if "Popen" in tag else f'{tag} ["touch {canary}"]'
+    path = _write(tmp_path, "hostile.yaml", BASE + f"name: {payload}\n")
+    with pytest.raises(ConfigError, match=r"hostile\.yaml: invalid YAML") as info:
+        load_config(path)
+    assert "python" in str(info.value)
+    with pytest.raises(ConfigError):
+        load_config(_write(tmp_path, "ok.yaml", BASE), [f"name={payload}"])
+    assert not canary.exists()

@@ -4,7 +4,13 @@ Each :class:`Case` writes its input under ``<tmp>/<case>/<CANARY_FOLDER>`` (the 
 reason lines, which name files relative to it, never show it) and says what ``medseg convert`` must answer:
 ``OK`` (then the written NIfTI's voxels and affine are compared with the truth) or a reason code, with the
 relative path the reason line must name. ``info`` is what ``medseg info`` must show: ``OK`` (a listing, exit 0),
-or a reason code (in the reason line with exit 2, or in the listing's problem lines with exit 0).
+or a reason code (in the reason line with exit 2, or in the listing's problem lines with exit 0). ``segment`` is
+what one ``medseg segment`` batch over an archive of every case must give for the items discovered in the case's
+folder (:mod:`batch_battery`: a CT model with default settings): ``DONE`` per item segmented (its label checked
+against the truth), ``Q:<code>`` per item quarantined; by default the ``convert`` expectation (``OK`` -> ``DONE``).
+It differs where the batch has no convert option (``--min-slices``, ``--modality``: the model's series rule is
+CT, at least one slice, and a 3D model needs a volume), where every stack and every unusable file is its own item
+(two series, a re-acquired slice, junk beside a series) instead of one answer for the folder.
 ``docs/reliability.md`` is generated from this table (``python tests/reliability/report.py``).
 """
 
@@ -20,11 +26,13 @@ import pydicom
 from inputs import (
     NIFTI_AFFINE,
     Built,
+    case_uid,
     cut_at,
     edit,
     edit_all,
     element_map,
     find_element,
+    in_uid_namespace,
     nifti_volume,
     patch_nifti,
     set_raw_value,
@@ -38,7 +46,6 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    generate_uid,
 )
 
 
@@ -51,6 +58,14 @@ class Case:
     info: str  # "OK" or a ReasonCode value (in the listing or the reason line)
     path: str | None = None  # file the convert reason line must name (None: not checked)
     args: tuple[str, ...] = field(default=())  # extra convert arguments
+    segment: str | None = None  # what a batch must give (see batch_battery.py); None: as convert, OK -> DONE
+
+    @property
+    def segment_expected(self) -> str:
+        """The batch outcome of the case's items: ``DONE`` / ``Q:<code>`` / ``F:<error>``, sorted, `` + ``-joined."""
+        if self.segment is not None:
+            return self.segment
+        return "DONE" if self.convert == "OK" else f"Q:{self.convert}"
 
 
 def _series(root: Path, n: int = 12, **kw) -> tuple[np.ndarray, np.ndarray, list[Path]]:
@@ -183,7 +198,7 @@ def _two_series(root: Path) -> Built:
 
 
 def _localizer(root: Path) -> Built:
-    uid = generate_uid(entropy_srcs=["tri-planar"])
+    uid = case_uid("tri-planar")
     for i, plane in enumerate(("axial", "coronal", "sagittal")):
         _series(root / plane, n=1, seed=i, orientation=plane, series_uid=uid)
     return Built(root)
@@ -207,7 +222,7 @@ def _instances(mode: str) -> Callable[[Path], Built]:
 
 
 def _multi_echo(root: Path) -> Built:
-    uid = generate_uid(entropy_srcs=["multi-echo"])
+    uid = case_uid("multi-echo")
     for echo in (1, 2):
         _series(root / f"e{echo}", seed=echo, modality="MR", rescale_intercept=0.0, series_uid=uid,
                 extra_tags={"EchoNumbers": echo})
@@ -218,7 +233,7 @@ def _reacquired(root: Path) -> Built:
     vol, aff, files = _series(root)
     ds = pydicom.dcmread(files[4])
     ds.AcquisitionNumber = 2
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["re-acquired"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = case_uid("re-acquired")
     ds.save_as(root / "IM00005_reacquired.dcm", enforce_file_format=True)
     return Built(root, vol, aff)
 
@@ -235,6 +250,13 @@ def _encoded(syntax: str) -> Callable[[Path], Built]:
     return build
 
 
+def _new_uids(ds: pydicom.Dataset) -> None:
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        if keyword in ds:
+            setattr(ds, keyword, case_uid(keyword))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = case_uid("SOPInstanceUID")
+
+
 def _legacy(name: str) -> Callable[[Path], Built]:
     """One of pydicom's bundled test files (shipped in the wheel: no download) as a one-slice series."""
 
@@ -243,6 +265,8 @@ def _legacy(name: str) -> Callable[[Path], Built]:
         root.mkdir(parents=True)
         (root / name).write_bytes(src.read_bytes())
         ds = pydicom.dcmread(src)
+        if in_uid_namespace():  # in a batch archive: UIDs of its own (the MR files are one instance twice)
+            edit(root / name, _new_uids)
         slope, inter = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
         expected = (ds.pixel_array.astype(np.float64) * slope + inter).T[:, :, None]
         return Built(root, expected.astype(np.float32), None)
@@ -341,10 +365,11 @@ CASES: list[Case] = [
     Case("dcm_ok", "clean 12-slice CT series", _ok_series, "OK", "OK"),
     Case("dcm_text_beside", "a text file and a 0-byte .txt beside a clean series",
          _with(lambda f, r: ((r / "notes.txt").write_text("x"), (r / "empty.txt").write_bytes(b""))),
-         "OK", "EMPTY_FILE"),
+         "OK", "EMPTY_FILE", segment="DONE + Q:EMPTY_FILE + Q:NOT_DICOM"),
     Case("dcm_empty_slice_beside", "a 0-byte .dcm beside a series (a slice whose copy left it empty)",
          _with(lambda f, r: (r / "empty.dcm").write_bytes(b"")), "EMPTY_FILE", "EMPTY_FILE", "empty.dcm"),
-    Case("dcm_only_junk", "folder of a 0-byte file and a text file", _junk_only, "NO_SERIES", "NOT_DICOM", "."),
+    Case("dcm_only_junk", "folder of a 0-byte file and a text file", _junk_only, "NO_SERIES", "NOT_DICOM", ".",
+         segment="Q:EMPTY_FILE + Q:NOT_DICOM"),
     Case("dcm_no_preamble", "one slice written without preamble / 'DICM' / file meta", _with(_no_preamble),
          "OK", "OK"),
     Case("dcm_no_preamble_series", "every slice a bare implicit VR data set (no preamble, 'DICM', file meta)",
@@ -362,7 +387,8 @@ CASES: list[Case] = [
     Case("dcm_pixels_short", "end slice's pixel data cut short", _with(_pixels_short),
          "TRUNCATED_PIXEL_DATA", "TRUNCATED_PIXEL_DATA", "IM00012.dcm"),
     Case("dcm_rows_changed", "one slice says Rows 8 (pixel data for 16)", _with(_edit_slice(11, _set("Rows", 8))),
-         "TRUNCATED_PIXEL_DATA", "TRUNCATED_PIXEL_DATA", "IM00012.dcm", ("--min-slices", "3")),
+         "TRUNCATED_PIXEL_DATA", "TRUNCATED_PIXEL_DATA", "IM00012.dcm", ("--min-slices", "3"),
+         segment="Q:TRUNCATED_PIXEL_DATA x2"),
     Case("dcm_bits_stored_20", "BitsStored 20 > BitsAllocated 16 in one slice",
          _with(_edit_slice(3, _set("BitsStored", 20))), "INVALID_PIXEL_FORMAT", "INVALID_PIXEL_FORMAT",
          "IM00004.dcm"),
@@ -390,7 +416,7 @@ CASES: list[Case] = [
          _with(_edit_slice(11, _delete("RescaleSlope", "RescaleIntercept"))), "INCONSISTENT_RESCALE",
          "INCONSISTENT_RESCALE", "IM00012.dcm"),
     Case("dcm_rescale_absent_everywhere", "MR series without rescale tags (1 / 0)", _no_rescale_anywhere, "OK",
-         "OK"),
+         "OK", segment="Q:WRONG_MODALITY"),
     Case("dcm_per_slice_rescale", "one slice with its own slope 2 / intercept -3000", _per_slice_rescale, "OK",
          "OK"),
     Case("dcm_unsigned_wrap", "CT with signed values declared unsigned (-1024 -> 64512)", _unsigned_wrap,
@@ -402,9 +428,10 @@ CASES: list[Case] = [
          "NONUNIFORM_SPACING", "IM00005.dcm"),
     Case("dcm_duplicate_position", "two slices at one position", _with(_duplicate), "DUPLICATE_SLICE",
          "DUPLICATE_SLICE"),
-    Case("dcm_two_series", "two series and no rule", _two_series, "AMBIGUOUS_SERIES", "OK", "."),
+    Case("dcm_two_series", "two series and no rule", _two_series, "AMBIGUOUS_SERIES", "OK", ".",
+         segment="DONE x2"),
     Case("dcm_localizer_triplanar", "tri-planar localizer (3 one-slice orientations, one UID)", _localizer,
-         "AMBIGUOUS_SERIES", "NOT_VOLUME", "."),
+         "AMBIGUOUS_SERIES", "NOT_VOLUME", ".", segment="Q:NOT_VOLUME x3"),
     Case("dcm_gantry_tilt", "positions drifting in-plane (tilt)", _with(_tilt), "GANTRY_TILT", "GANTRY_TILT",
          "IM00012.dcm"),
     Case("dcm_non_orthonormal", "ImageOrientationPatient not orthonormal",
@@ -422,28 +449,33 @@ CASES: list[Case] = [
     Case("dcm_multiframe", "Enhanced CT: the series as one multi-frame file (per-frame functional groups)",
          multiframe(), "OK", "OK"),
     Case("dcm_multiframe_rotated_frame", "Enhanced CT, one frame's orientation rotated 5 degrees",
-         multiframe("rotated_frame"), "STRAY_SLICE", "STRAY_SLICE", "image.dcm", ("--min-slices", "3")),
+         multiframe("rotated_frame"), "STRAY_SLICE", "STRAY_SLICE", "image.dcm", ("--min-slices", "3"),
+         segment="Q:NOT_VOLUME + Q:STRAY_SLICE"),
     Case("dcm_multiframe_no_position", "Enhanced CT, one frame without PlanePositionSequence",
          multiframe("frame_without_position"), "MISSING_GEOMETRY", "MISSING_GEOMETRY", "image.dcm"),
-    Case("dcm_multi_echo", "two echoes in one series UID, no rule", _multi_echo, "AMBIGUOUS_SERIES", "OK", "."),
+    Case("dcm_multi_echo", "two echoes in one series UID, no rule", _multi_echo, "AMBIGUOUS_SERIES", "OK", ".",
+         segment="Q:WRONG_MODALITY x2"),
     Case("dcm_single_slice", "a single 2D slice", lambda r: Built(r, *_series(r, 1)[:2]), "NOT_VOLUME", "NOT_VOLUME",
          "IM00001.dcm"),
     Case("dcm_two_slices", "two slices", lambda r: Built(r, *_series(r, 2)[:2]), "NOT_VOLUME", "NOT_VOLUME",
          "IM00001.dcm"),
     Case("dcm_single_slice_allowed", "a single slice with --min-slices 1", lambda r: Built(r, *_series(r, 1)[:2]),
-         "OK", "NOT_VOLUME", None, ("--min-slices", "1")),
+         "OK", "NOT_VOLUME", None, ("--min-slices", "1"), segment="Q:NOT_VOLUME"),
     Case("dcm_reacquired_slice", "re-acquired slice (AcquisitionNumber 2) beside a complete stack", _reacquired,
-         "AMBIGUOUS_SERIES", "NOT_VOLUME", "."),
+         "AMBIGUOUS_SERIES", "NOT_VOLUME", ".", segment="DONE + Q:NOT_VOLUME"),
     Case("dcm_reacquired_slice_rule", "the same with --min-slices 3: the complete stack", _reacquired, "OK",
-         "NOT_VOLUME", None, ("--min-slices", "3")),
+         "NOT_VOLUME", None, ("--min-slices", "3"), segment="DONE + Q:NOT_VOLUME"),
     Case("dcm_wrong_modality", "CT series, --modality MR", _ok_series, "WRONG_MODALITY", "OK", ".",
-         ("--modality", "MR")),
+         ("--modality", "MR"), segment="DONE"),
     Case("dcm_legacy_big_endian", "pydicom MR_small_bigendian.dcm (explicit VR big endian)",
-         _legacy("MR_small_bigendian.dcm"), "OK", "NOT_VOLUME", None, ("--min-slices", "1")),
+         _legacy("MR_small_bigendian.dcm"), "OK", "NOT_VOLUME", None, ("--min-slices", "1"),
+         segment="Q:WRONG_MODALITY"),
     Case("dcm_legacy_implicit", "pydicom MR_small_implicit.dcm (implicit VR little endian)",
-         _legacy("MR_small_implicit.dcm"), "OK", "NOT_VOLUME", None, ("--min-slices", "1")),
+         _legacy("MR_small_implicit.dcm"), "OK", "NOT_VOLUME", None, ("--min-slices", "1"),
+         segment="Q:WRONG_MODALITY"),
     Case("dcm_legacy_deflate", "pydicom image_dfl.dcm (deflated secondary capture, no patient geometry)",
-         _legacy("image_dfl.dcm"), "MISSING_GEOMETRY", "MISSING_GEOMETRY", None, ("--min-slices", "1")),
+         _legacy("image_dfl.dcm"), "MISSING_GEOMETRY", "MISSING_GEOMETRY", None, ("--min-slices", "1"),
+         segment="Q:WRONG_MODALITY"),
     Case("dcm_legacy_ct", "pydicom CT_small.dcm (one slice)", _legacy("CT_small.dcm"), "NOT_VOLUME", "NOT_VOLUME",
          "CT_small.dcm"),
     Case("dcm_deflated_series", "12-slice series re-encoded as Deflated Explicit VR Little Endian",

@@ -29,18 +29,22 @@ GEOMETRY_TOL_MM = 0.02
 
 
 class _Threshold(torch.nn.Module):
-    """Label 1 exactly where the CT value exceeds -500 HU."""
+    """Label 1 exactly where the CT value exceeds ``threshold`` (default -500 HU)."""
+
+    def __init__(self, threshold: float = THRESHOLD_HU) -> None:
+        super().__init__()
+        self.threshold = threshold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = x[:, :1]
-        return torch.cat([torch.zeros_like(first), (first - THRESHOLD_HU) / 100.0], dim=1)
+        return torch.cat([torch.zeros_like(first), (first - self.threshold) / 100.0], dim=1)
 
 
-def threshold_predictor():
+def threshold_predictor(threshold: float = THRESHOLD_HU):
     from medseg.inference import Predictor
 
     spec = ModelSpec(network={"name": "threshold"}, contract=DataContract.from_dict({"data": {"channels": [{"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}], "labels": {0: "background", 1: "dense"}, "spacing": None, "orientation": "RAS", "spatial_dims": 3}, "patch_size": [16, 16, 16], "inference": {"overlap": 0.25, "sw_batch_size": 4}}))  # fmt: skip
-    return Predictor(_Threshold(), spec, InferenceOptions(device="cpu"))
+    return Predictor(_Threshold(threshold), spec, InferenceOptions(device="cpu"))
 
 
 @dataclass

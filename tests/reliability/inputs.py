@@ -7,12 +7,14 @@ canaries must never appear in anything medseg prints or writes (:data:`CANARIES`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import io
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pydicom
+from pydicom.uid import generate_uid
 
 from medseg.synthetic.dicom_writer import affine_for, write_dicom_series
 
@@ -49,6 +52,31 @@ class Built:
     affine: np.ndarray | None = None
 
 
+# UIDs of the series a case writes: fixed by default (seeded), unique per case inside a uid_namespace(case name),
+# so that every case of a batch archive is its own series (a batch groups slices by SeriesInstanceUID archive-wide)
+_UID_NAMESPACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("uid_namespace", default=None)
+
+
+@contextlib.contextmanager
+def uid_namespace(name: str) -> Iterator[None]:
+    """Inputs written inside get UIDs of their own, derived from ``name`` (see :func:`case_uid`)."""
+    token = _UID_NAMESPACE.set(name)
+    try:
+        yield
+    finally:
+        _UID_NAMESPACE.reset(token)
+
+
+def in_uid_namespace() -> bool:
+    return _UID_NAMESPACE.get() is not None
+
+
+def case_uid(*parts: object) -> str:
+    """A UID from ``parts``, and from the current :func:`uid_namespace` when one is set."""
+    ns = _UID_NAMESPACE.get()
+    return str(generate_uid(entropy_srcs=[*(() if ns is None else ("battery-case", ns)), *map(str, parts)]))
+
+
 def ct_volume(n: int = 12, seed: int = 0, size: int = SIZE) -> np.ndarray:
     """Integer HU values (i, j, k) between air and bone."""
     return np.random.default_rng(seed).integers(-1000, 1500, size=(size, size, n)).astype(np.float32)
@@ -74,6 +102,11 @@ def write_ct(
     tags = {k: v for k, v in CANARIES.items() if k not in ("PatientName", "PatientID", "SeriesDescription")}
     tags.update(extra_tags or {})
     kwargs.setdefault("series_description", CANARIES["SeriesDescription"])
+    if in_uid_namespace():
+        kwargs.setdefault("study_uid", case_uid("study", seed))
+        kwargs.setdefault("frame_of_reference_uid", case_uid("frame-of-reference", seed))
+        number = kwargs.get("series_number", 1)
+        kwargs.setdefault("series_uid", case_uid("series", seed, number, orientation, n))
     files = write_dicom_series(
         vol,
         affine,

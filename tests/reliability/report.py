@@ -1,11 +1,14 @@
-"""Write docs/reliability.md: the battery's table with the outcome of each case, run now.
+"""Write docs/reliability.md: the battery's table with the outcome of each case, run now (``medseg info`` and
+``medseg convert`` per case, then one ``medseg segment`` batch over all of them), and the table of the reliability
+cases checked in other test files (other_cases.py).
 
-Usage: ``python tests/reliability/report.py`` (about 10 s). The fuzz numbers come from
+Usage: ``python tests/reliability/report.py`` (about 20 s). The fuzz numbers come from
 ``benchmarks/fuzz_dicom.py``.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cases import CASES  # noqa: E402
+from other_cases import OTHER_CASES  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 
@@ -32,33 +36,81 @@ is what medseg reads from the same series written as classic Part 10 slices.
 `info` shows the code in its reason line (a single file) or in the listing's problem lines (a folder); pixel-level
 checks (decoding, the CT range) only run when pixels are read, so `info` lists those series as found.
 
-| case | input | expected (convert) | expected (info) | actual (convert / info) |
-| --- | --- | --- | --- | --- |
+`segment`: every case is also a study folder (`<case>/ZQCANARYFOLDER_DOE^JOHN/...`, UIDs of its own) of one archive,
+segmented by one `medseg segment` batch (`tests/reliability/batch_battery.py`, checked by `test_batch_battery.py`)
+with a CT model of default settings (series rule: modality CT; a 3D model needs a volume) that labels values above
+0, so the truth of every label is known. The batch has no `--min-slices` / `--modality` options, and every image
+stack and every unusable file is an item of its own, so its outcome lists the items found in the case's folder:
+`DONE` (the label equals the truth voxel for voxel, shape and affine within 1e-4 mm) or `Q:REASON_CODE` (quarantined:
+no output file), `x2` for two alike. Over the whole run every discovered item ends DONE, QUARANTINED or FAILED (none
+PENDING), and nothing the batch wrote or logged (DEBUG included: ledger, reports, review page, label maps, stdout /
+stderr) holds a canary, except `quarantine.csv`, the user's list of the input paths to fix.
+
+| case | input | expected (convert) | expected (info) | expected (segment) | actual (convert / info / segment) |
+| --- | --- | --- | --- | --- | --- |
+"""
+
+OTHER_HEADER = """
+## Other reliability cases
+
+Configs and models, faults during a run, hostile inputs: each needs its own set-up (a trained model, a killed process,
+a tracking server that does not answer), so it lives in its own test file. The table is
+`tests/reliability/other_cases.py`; `test_inputs.py` checks that every test named here exists.
+
+| kind | case | expected | checked by |
+| --- | --- | --- | --- |
 """
 
 
-def render(actual: dict[str, tuple[str, str]], fuzz: str | None) -> str:
+def _batch_counts(outcomes: list[str]) -> dict[str, int]:
+    counts = {"DONE": 0, "Q": 0, "F": 0}
+    for outcome in outcomes:
+        for part in outcome.split(" + "):
+            name, _, times = part.partition(" x")
+            counts[name.split(":")[0]] = counts.get(name.split(":")[0], 0) + int(times or 1)
+    return counts
+
+
+def render(actual: dict[str, tuple[str, str, str]], fuzz: str | None) -> str:
     rows = []
     for c in CASES:
         args = f" (`{' '.join(c.args)}`)" if c.args else ""
-        conv, info = actual.get(c.name, ("?", "?"))
-        mark = "pass" if (conv, info) == (c.convert, c.info) else "**FAIL**"
-        rows.append(f"| `{c.name}` | {c.what}{args} | {c.convert} | {c.info} | {conv} / {info} ({mark}) |")
-    return HEADER + "\n".join(rows) + "\n"
+        conv, info, seg = actual.get(c.name, ("?", "?", "?"))
+        mark = "pass" if (conv, info, seg) == (c.convert, c.info, c.segment_expected) else "**FAIL**"
+        rows.append(
+            f"| `{c.name}` | {c.what}{args} | {c.convert} | {c.info} | {c.segment_expected} "
+            f"| {conv} / {info} / {seg} ({mark}) |"
+        )
+    n = _batch_counts([actual.get(c.name, ("?", "?", "?"))[2] for c in CASES])
+    total = sum(n.values())
+    batch = (
+        f"\nThe batch: {len(CASES)} case folders, {total} items discovered: DONE {n['DONE']} + QUARANTINED {n['Q']} "
+        f"+ FAILED {n['F']} = {n['DONE'] + n['Q'] + n['F']}, PENDING 0.\n"
+    )
+    other = [f"| {o.group} | {o.what} | {o.expected} | `{o.node}` |" for o in OTHER_CASES]
+    return HEADER + "\n".join(rows) + "\n" + batch + OTHER_HEADER + "\n".join(other) + "\n"
 
 
 def main() -> int:
+    from batch_battery import run_batch_battery
     from battery import run_case
 
-    actual: dict[str, tuple[str, str]] = {}
+    actual: dict[str, tuple[str, str, str]] = {}
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
+        logging.getLogger("medseg").setLevel(logging.ERROR)  # one warning per quarantined item: judged below
+        batch = run_batch_battery(Path(tmp) / "batch")
+        logging.getLogger("medseg").setLevel(logging.NOTSET)
+        for message in batch.errors:
+            failures += 1
+            print(f"batch: {message}", file=sys.stderr)
         for c in CASES:
-            outcome = run_case(c, Path(tmp))
-            actual[c.name] = (outcome.convert, outcome.info)
-            if outcome.errors or actual[c.name] != (c.convert, c.info):
+            outcome = run_case(c, Path(tmp) / "commands")
+            judged = batch.cases[c.name]
+            actual[c.name] = (outcome.convert, outcome.info, judged.outcome)
+            if outcome.errors or judged.errors or actual[c.name] != (c.convert, c.info, c.segment_expected):
                 failures += 1
-                print(f"{c.name}: {actual[c.name]} {outcome.errors}", file=sys.stderr)
+                print(f"{c.name}: {actual[c.name]} {outcome.errors} {judged.errors}", file=sys.stderr)
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(render(actual, None))
     print(f"wrote {DOC}: {len(CASES)} cases, {failures} failing")
