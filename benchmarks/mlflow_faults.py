@@ -8,11 +8,14 @@ this process, in alternation over ``--repeats`` rounds:
 * ``down``: a server address where nothing listens (connection refused);
 * ``hung``: a loopback server that accepts connections and never answers.
 
-For ``down`` and ``hung`` the run must complete, keep its metrics in the offline spool, and a replay of that spool
-into a SQLite store must give the run's metrics. Printed: median wall time per case and the overhead against the
-healthy SQLite run and against the untracked training (the issue's target: <= 10 %). The training thread never
-waits on the network (medseg.tracking.sender): a hung server costs at most ``tracking.flush_timeout_s`` (2 s) at
-the end of a run shorter than that, nothing for a longer one.
+For ``down`` and ``hung`` the run must complete, keep its metrics in the offline spool, and ``medseg replay WORKDIR``
+(:func:`medseg.tracking.replay_spools`) into a SQLite store must send them (every metric value of the spool, once);
+the healthy ``sqlite`` run must leave no spool folder behind. Printed: median wall time per case and the overhead
+against the healthy SQLite run and against the untracked training (the issue's target: <= 10 %), and the cost of
+the run's write-ahead journal (medseg.tracking.journal: every call written before it is queued, acked once it
+landed): microseconds per call (write + ack, measured on its own) times the calls of one run, as a share of the
+healthy run. The training thread never waits on the network (medseg.tracking.sender): a hung server costs at most
+``tracking.flush_timeout_s`` (2 s) at the end of a run shorter than that, nothing for a longer one.
 
 Usage: ``python benchmarks/mlflow_faults.py [--repeats 3] [--epochs 4]``
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import socket
 import statistics
 import sys
@@ -70,19 +74,53 @@ class BlackHole:
         self.sock.close()
 
 
+CHECKS = {
+    "sqlite": "completed, no spool folder left",
+    "down": "completed, spooled, replayed",
+    "hung": "completed, spooled, replayed",
+}
+
+
+def journal_us_per_call(n: int = 2000) -> float:
+    """Median of 3: microseconds to journal one metrics call and acknowledge it (what a healthy run adds per call)."""
+    from medseg.tracking.journal import Spool
+
+    runs = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as tmp:
+            spool = Spool(Path(tmp) / "spool", {"experiment": "bench"})
+            spool.open()
+            start = time.perf_counter()
+            for step in range(n):
+                record = {"kind": "metrics", "metrics": {"train/loss": 0.5, "train/lr": 1e-3}, "step": step,
+                          "timestamp": 1_700_000_000_000 + step}  # fmt: skip
+                spool.ack(spool.write(record, "metrics", 2))
+            runs.append((time.perf_counter() - start) / n * 1e6)
+            spool.finish([])
+    return statistics.median(runs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="medseg-mlflow-faults-"))
+    try:
+        return run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
     for name in ("mlflow", "alembic", "medseg"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
     from medseg.synthetic.dataset import write_perfusion_dataset
-    from medseg.tracking import read_spool, replay_offline, resolve_tracking_uri
+    from medseg.tracking import read_spool, replay_spools, resolve_tracking_uri
+    from medseg.tracking.journal import inspect_spool
     from medseg.workflows import train_and_register
 
-    work = Path(tempfile.mkdtemp(prefix="medseg-mlflow-faults-"))
     data = write_perfusion_dataset(work / "data", 6, shape=(32, 32, 16))
     overrides = [
         f"train.epochs={args.epochs}", "network.features=[8,16,32]", "train.patch_size=[16,16,8]",
@@ -93,7 +131,8 @@ def main() -> int:
     train_and_register("configs/demo.yaml", work / "warm-up", tracking_uri="", datalist=data,
                        overrides=[*overrides, *untracked])  # fmt: skip
     times: dict[str, list[float]] = {"off": [], "sqlite": [], "down": [], "hung": []}
-    checks: dict[str, list[str]] = {"down": [], "hung": []}
+    checks: dict[str, list[str]] = {"sqlite": [], "down": [], "hung": []}
+    calls_per_run = 0
     for r in range(args.repeats):
         for case in times:
             out = work / f"{case}-{r}"
@@ -114,12 +153,18 @@ def main() -> int:
             if case not in checks:
                 continue
             report = result.tracking_report
+            if case == "sqlite":  # healthy: every call acked, the journal folder removed
+                ok = result.train.succeeded and not report["offline"] and not (out / "mlflow-offline").exists()
+                checks[case].append("ok" if ok else f"FAILED: {report}")
+                continue
             ok = result.train.succeeded and report.get("offline") and report.get("spool_dir")
             if ok:
                 spool = read_spool(report["spool_dir"])
+                calls_per_run = len(inspect_spool(report["spool_dir"]).calls)  # the same calls as the healthy run
+                values = sum(len(r["metrics"]) for r in spool if r["kind"] == "metrics")
                 target = resolve_tracking_uri(None, {}, out / "replayed")
-                replayed = replay_offline(report["spool_dir"], target)
-                ok = bool(spool) and bool(replayed)
+                replayed = [o.result for o in replay_spools(out, target)]  # `medseg replay WORKDIR`
+                ok = len(replayed) == 1 and replayed[0] is not None and replayed[0]["metrics"] == values > 0
             checks[case].append("ok" if ok else f"FAILED: {report}")
     ref, bare = statistics.median(times["sqlite"]), statistics.median(times["off"])
     summary = {
@@ -128,9 +173,15 @@ def main() -> int:
             "overhead vs sqlite": f"{100 * (statistics.median(t) / ref - 1):+.1f} %",
             "overhead vs no tracking": f"{100 * (statistics.median(t) / bare - 1):+.1f} %",
             "extra seconds vs sqlite": round(statistics.median(t) - ref, 1),
-            **({"completed, spooled, replayed": checks[case]} if case in checks else {}),
+            **({CHECKS[case]: checks[case]} if case in checks else {}),
         }
         for case, t in times.items()
+    }
+    per_call = journal_us_per_call()
+    summary["journal"] = {
+        "us per call (write + ack)": round(per_call, 1),
+        "calls per run": calls_per_run,
+        "share of the healthy sqlite run": f"{100 * per_call * 1e-6 * calls_per_run / ref:.3f} %",
     }
     print(json.dumps(summary, indent=2, default=str))
     return 0 if all(c == "ok" for cs in checks.values() for c in cs) else 1

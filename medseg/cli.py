@@ -187,6 +187,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    import os
+
+    from medseg.tracking import TrackingUnavailableError
+    from medseg.tracking.spools import replay_spools, replay_tracking_uri
+
+    uri = replay_tracking_uri(args.path, args.tracking_uri, os.environ)
+    lines = skipped = 0
+    try:
+        for outcome in replay_spools(args.path, uri, force=args.force):
+            print(outcome.line())
+            lines, skipped = lines + 1, skipped + (outcome.result is None)
+    except TrackingUnavailableError as exc:  # the store is down: nothing (more) sent, nothing marked replayed
+        print(f"medseg replay: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not lines:
+        print(f"{args.path}: nothing to replay (no spool with unsent calls that was not replayed)")
+    return EXIT_FAILED if skipped else EXIT_OK
+
+
 DEMO_MARKER = ".medseg-demo"
 
 
@@ -308,6 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow/mlruns.db)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "replay", help="send what a training run could not log (its offline spool) to MLflow",
+        description="PATH is a spool folder (WORKDIR/mlflow-offline/<run>) or a training workdir (then every spool "
+        "of WORKDIR/mlflow-offline not replayed yet). Only calls that never reached the store are sent, and values "
+        "the run already has are skipped; a run that was killed is closed as KILLED. Exit status: 0 when done, 1 "
+        "when the store does not answer (nothing marked replayed) or a spool was skipped, 2 for a bad PATH.",
+    )
+    p.add_argument("path", help="a spool folder, or a training workdir")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: as medseg train chose it: the workdir config's "
+                   "tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlruns.db)")
+    p.add_argument("--force", action="store_true",
+                   help="replay spools already replayed, resending every call (what the run has is skipped)")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("register", help="register a run's logged model in the MLflow registry and set an alias")
     p.add_argument("run_id", help="MLflow run id of a training run")

@@ -39,7 +39,8 @@ def train_and_register(
 
     The model is registered (new version, alias from ``tracking.alias``, ``champion`` by default) only when
     training completed; a diverged or failed run registers nothing. With the tracking server unreachable training
-    still completes: what could not be logged is kept in ``workdir/mlflow-offline`` and reported. ``observers``
+    still completes: what could not be logged is kept in ``workdir/mlflow-offline`` and reported (``medseg replay``
+    sends it later; spools that earlier runs left there, interrupted ones too, get one warning here). ``observers``
     see the training hooks too (e.g. :class:`medseg.training.progress.ConsoleProgress`).
 
     In a data-parallel run (``distributed``, a :class:`medseg.training.distributed.Distributed`) every rank calls
@@ -48,6 +49,7 @@ def train_and_register(
     from medseg.checkpoint import load_checkpoint
     from medseg.tracking import RunLogger, register_model
     from medseg.tracking.observer import MLflowObserver
+    from medseg.tracking.spools import SPOOL_ROOT, warn_unsent_spools
     from medseg.training import train
     from medseg.training.hooks import Observers
     from medseg.training.run import resolve_config
@@ -57,7 +59,8 @@ def train_and_register(
     if distributed is not None and not distributed.is_main:
         result = train(cfg, work, resume=resume, datalist=datalist, distributed=distributed)
         return TrainRegisterResult(train=result, tracking_uri=tracking_uri, run_id=None)
-    run_logger = RunLogger(cfg.tracking, tracking_uri, work / "mlflow-offline")
+    warn_unsent_spools(work)  # a killed earlier run's calls: named, not sent on their own
+    run_logger = RunLogger(cfg.tracking, tracking_uri, work / SPOOL_ROOT)
     observer = MLflowObserver(run_logger, run_name=cfg.name)
     try:
         result = train(cfg, work, resume=resume, tracker=Observers(observer, *observers), datalist=datalist,

@@ -96,14 +96,16 @@ def test_unreachable_server_spools_everything_quickly(tmp_path, caplog):
     }
     steps = [(r["step"], r["metrics"]["train/loss"]) for r in records if r["kind"] == "metrics"]
     assert steps == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
-    files = {r["file"]: r["artifact_path"] for r in records if r["kind"] == "artifact"}
-    assert files == {
-        "artifacts/logs/notes.txt": "logs",
-        "artifacts/qc/qc.png": "qc",
-        "artifacts/summary.json": None,
+    # each logged file's private copy lives in the journal folder (copied once, when it was logged)
+    files = {Path(r["file"]).name: r for r in records if r["kind"] == "artifact"}
+    assert {name: r["artifact_path"] for name, r in files.items()} == {
+        "notes.txt": "logs",
+        "qc.png": "qc",
+        "summary.json": None,
     }
-    assert (spool / "artifacts/logs/notes.txt").read_text() == "epoch log"
-    assert json.loads((spool / "artifacts/summary.json").read_text()) == {"best": 2}
+    assert all(r["file"].startswith("artifacts/") and r["files"] == 1 for r in files.values())
+    assert (spool / files["notes.txt"]["file"]).read_text() == "epoch log"
+    assert json.loads((spool / files["summary.json"]["file"]).read_text()) == {"best": 2}
     summary = json.loads((spool / "summary.json").read_text())
     assert summary["counts"] == not_logged
     assert str(spool) in caplog.text and "not logged" in caplog.text
@@ -306,16 +308,24 @@ def test_first_timeout_sends_the_rest_of_the_run_to_the_spool_in_order(tmp_path,
     assert time.monotonic() - t0 < 0.2  # queued: the training thread does not wait for the hung call
     assert run.offline  # the first call past its 0.5 s deadline opened the breaker
     assert client.calls.count("log_batch") == 2  # step 0, then step 1 which hung; none after the timeout
+    assert run.report()["not_logged"] == {"metrics": 20}  # step 1 given up on, 2-20 never tried
     client.hang.clear()
-    client.release.set()
+    client.release.set()  # the hung call for step 1 now returns: it landed after all
+    journal = Path(run.report()["spool_dir"]) / "records.jsonl"
+    deadline = time.monotonic() + 5
+    while '"late": true' not in journal.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
     run.end()
     assert client.calls[-1] == "set_terminated:FINISHED"  # the store answers again: the run is closed there
     report = run.report()
     assert "log_batch" not in client.calls[client.calls.index("log_batch") + 2 :]
     assert "timed out, no answer within 0.5 s" in report["offline_reason"]
-    assert report["not_logged"] == {"metrics": 20}
+    assert report["not_logged"] == {"metrics": 19}  # the late landing is acknowledged: not replayed
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    step1 = next(r["seq"] for r in lines if r["kind"] == "metrics" and r["step"] == 1)
+    assert {"kind": "ack", "seq": step1, "late": True} in lines
     records = read_spool(report["spool_dir"])
     assert records[0]["run_id"] == "run-1"
     assert [(r["step"], r["metrics"]["m"]) for r in records if r["kind"] == "metrics"] == [
-        (step, float(step)) for step in range(1, 21)
+        (step, float(step)) for step in range(2, 21)
     ]

@@ -5,9 +5,10 @@ importing :mod:`medseg.tracking` (e.g. for :class:`TrackingConfig`) is cheap. Ev
 ``MlflowClient`` bound to the store it is meant for; MLflow's process-wide tracking URI is never set.
 
 Modules: ``config`` (the ``tracking:`` section), ``store`` (URIs, probes, clients), ``logger`` (a run's API),
-``calls`` and ``sender`` (its MLflow calls, sent by one background thread), ``offline`` (the spool and its
-replay), ``model_format`` (what a medseg model is in MLflow), ``registry`` (log and register a model),
-``lookup`` (find runs, models, versions), ``resolve`` (model URI -> checkpoint), ``observer`` (training hooks).
+``calls`` and ``sender`` (its MLflow calls, sent by one background thread), ``journal`` (a run's write-ahead
+journal, its offline spool), ``offline`` (replay of a spool), ``spools`` (a workdir's spools, ``medseg replay``),
+``model_format`` (what a medseg model is in MLflow), ``registry`` (log and register a model), ``lookup`` (find
+runs, models, versions), ``resolve`` (model URI -> checkpoint), ``observer`` (training hooks).
 A registered model's pyfunc face is :mod:`medseg.inference.pyfunc`, which MLflow imports by name.
 """
 
@@ -23,12 +24,14 @@ from medseg.tracking.errors import (
     TrackingError,
     TrackingUnavailableError,
 )
+from medseg.tracking.journal import read_spool
 from medseg.tracking.logger import RunLogger
-from medseg.tracking.offline import read_spool, replay_offline
+from medseg.tracking.offline import replay_offline
 from medseg.tracking.params import flatten_params
 from medseg.tracking.privacy import check_no_patient_identifiers, find_patient_identifiers, scrub_params
 from medseg.tracking.registry import ModelVersionInfo, promote, register_model
 from medseg.tracking.resolve import ResolvedModel, resolve_model_uri
+from medseg.tracking.spools import replay_spools
 from medseg.tracking.store import check_tracking, redact_uri, resolve_tracking_uri
 from medseg.tracking.sysinfo import system_info
 
@@ -53,6 +56,7 @@ __all__ = [
     "redact_uri",
     "register_model",
     "replay_offline",
+    "replay_spools",
     "resolve_model_uri",
     "resolve_tracking_uri",
     "scrub_params",

@@ -1,6 +1,7 @@
-"""The MLflow calls of a run, each packed as a :class:`~medseg.tracking.sender.Job` with its spool fallback.
+"""The MLflow calls of a run, each packed as a :class:`~medseg.tracking.sender.Job` with its journal record.
 
-:class:`~medseg.tracking.logger.RunLogger` validates what is logged and builds these jobs; the sender thread runs
+:class:`~medseg.tracking.logger.RunLogger` validates what is logged, builds these jobs and journals their records
+(:mod:`medseg.tracking.journal`, the format :func:`medseg.tracking.replay_offline` reads); the sender thread runs
 them. The run's client and id exist only once the sender created the run, so the calls read them from a
 :class:`RunHandle` when they run, not when they are queued.
 """
@@ -8,13 +9,14 @@ them. The run's client and id exist only once the sender created the run, so the
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medseg.tracking.config import TrackingConfig
-from medseg.tracking.offline import MAX_BATCH_METRICS, MAX_BATCH_PARAMS, Spool
+from medseg.tracking.journal import ARTIFACTS_DIR, MAX_BATCH_METRICS, MAX_BATCH_PARAMS, Spool
 from medseg.tracking.sender import Job, Unreachable
 from medseg.tracking.store import (
     Connectivity,
@@ -85,7 +87,7 @@ def open_run(
             "tags",
             len(tags),
             create,
-            (lambda s: s.tags(tags)) if tags else None,
+            {"kind": "tags", "tags": dict(tags)} if tags else None,
             done=created,
             opens_run=True,
         ),
@@ -104,7 +106,7 @@ def params_jobs(handle: RunHandle, flat: dict[str, str]) -> list[Job]:
             lambda c=chunk: handle.client.log_batch(
                 handle.run_id, params=[Param(k, v) for k, v in c.items()], synchronous=True
             ),
-            lambda s, c=chunk: s.params(c),
+            {"kind": "params", "params": chunk},
         )
         for chunk in _chunks(flat, MAX_BATCH_PARAMS)
     ]
@@ -120,7 +122,7 @@ def tags_job(handle: RunHandle, tags: dict[str, str]) -> Job:
         lambda: handle.client.log_batch(
             handle.run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True
         ),
-        lambda s: s.tags(tags),
+        {"kind": "tags", "tags": dict(tags)},
     )
 
 
@@ -138,25 +140,38 @@ def metrics_jobs(handle: RunHandle, values: dict[str, float], step: int, timesta
                 metrics=[Metric(k, v, timestamp_ms, step) for k, v in c.items()],
                 synchronous=True,
             ),
-            lambda s, c=chunk: s.metrics(c, step, timestamp_ms),
+            {"kind": "metrics", "metrics": chunk, "step": step, "timestamp": timestamp_ms},
         )
         for chunk in _chunks(values, MAX_BATCH_METRICS)
     ]
 
 
-def artifact_job(handle: RunHandle, staged: Path, artifact_path: str | None, files: int) -> Job:
-    """The file or folder ``staged`` (a private copy, see RunLogger) under ``artifact_path``."""
+def artifact_job(
+    handle: RunHandle, staged: Path, artifact_path: str | None, files: int, spool_folder: Path | None
+) -> Job:
+    """The file or folder ``staged`` (a private copy, see RunLogger) under ``artifact_path``.
+
+    Its record names the copy relative to the spool folder when it lives there (the journal's own copy).
+    """
+    try:
+        file = staged.relative_to(spool_folder).as_posix() if spool_folder is not None else str(staged)
+    except ValueError:
+        file = str(staged)
+    if not file.startswith(f"{ARTIFACTS_DIR}/"):  # a temporary copy (no journal): replayable while it exists
+        file = str(staged)
     return Job(
         "artifacts",
         "artifacts",
         files,
         lambda: handle.client.log_artifact(handle.run_id, str(staged), artifact_path),
-        lambda s: s.artifact(staged, artifact_path),
+        {"kind": "artifact", "file": file, "artifact_path": artifact_path, "files": files},
     )
 
 
 def end_job(handle: RunHandle, status: str) -> Job:
     """Close the run; tried once more after the run went offline if a fresh probe answers."""
     client, run_id = handle.client, handle.run_id
-    close = None if run_id is None else (lambda: client.set_terminated(run_id, status=status))
-    return Job("end run", "run_end", 1, close, lambda s: s.end(status), retry_offline=True)
+    end_ms = int(time.time() * 1000)
+    close = None if run_id is None else (lambda: client.set_terminated(run_id, status=status, end_time=end_ms))
+    record = {"kind": "end", "status": status, "timestamp": end_ms}
+    return Job("end run", "run_end", 1, close, record, retry_offline=True)

@@ -2,11 +2,13 @@
 
 :class:`RunLogger` checks and shapes what is logged (numbers, flattened parameters, no patient identifiers, PNG
 signatures) in the caller's thread, then queues the MLflow calls for the run's sender thread
-(:mod:`medseg.tracking.sender`): the training thread never waits on the network. When the store does not answer
-(refused at start, a call past ``TrackingConfig.timeout_s``, failures a probe confirms) the run goes offline and
-everything from then on is written to a local spool folder (:mod:`medseg.tracking.offline`);
-:meth:`RunLogger.report` says what was not logged and where it is, and :func:`medseg.tracking.replay_offline` sends
-it later. Artifacts are copied when they are logged, so the caller may delete its file at once.
+(:mod:`medseg.tracking.sender`): the training thread never waits on the network. Each call is first written to the
+run's journal, a spool folder under ``spool_dir`` (:mod:`medseg.tracking.journal`), so that a killed process loses
+nothing; a run whose calls all landed removes its folder at the end. When the store does not answer (refused at
+start, a call past ``TrackingConfig.timeout_s``, failures a probe confirms) the run goes offline and its calls stay
+in the journal unsent; :meth:`RunLogger.report` says what was not logged and where it is, and ``medseg replay``
+(:func:`medseg.tracking.replay_offline`) sends it later. Artifacts are copied into the journal folder when they are
+logged, so the caller may delete its file at once.
 
 Typical use (the training loop only sees the hooks)::
 
@@ -64,8 +66,8 @@ class RunLogger:
     Args:
         config: the ``tracking:`` section (experiment, timeouts, enabled, ...).
         tracking_uri: the resolved tracking URI (see :func:`medseg.tracking.resolve_tracking_uri`).
-        spool_dir: folder under which an offline spool sub-folder is created if anything cannot be sent.
-            Nothing is created unless needed.
+        spool_dir: folder under which the run's journal (spool) sub-folder is created when the run starts; it is
+            removed (with ``spool_dir`` if the run created it) when every call landed.
     """
 
     def __init__(self, config: TrackingConfig, tracking_uri: str, spool_dir: str | Path) -> None:
@@ -127,13 +129,26 @@ class RunLogger:
         return self.config.enabled
 
     def _submit(self, job: Job) -> int:
-        return self._sender.submit(job) if self._sender is not None else 0
+        """Journal ``job`` (on disk before it is queued), then queue it."""
+        if self._sender is None:
+            return 0
+        if self._spool is not None and job.record is not None:
+            job.seq = self._spool.write(job.record, job.kind, job.count)
+        return self._sender.submit(job)
 
     def _stage(self, path: Path) -> Path:
-        """A private copy of the file or folder ``path`` (same name) that lives until the run ends."""
-        if self._staging is None:
-            self._staging = Path(tempfile.mkdtemp(prefix="medseg-tracking-"))
-        slot = Path(tempfile.mkdtemp(dir=self._staging))
+        """A private copy of the file or folder ``path`` (same name) in the journal folder, until it was sent.
+
+        In a temporary folder (removed when the run ends) when the journal cannot be written.
+        """
+        try:
+            slot = self._spool.new_slot() if self._spool is not None else None
+        except OSError:
+            slot = None
+        if slot is None:
+            if self._staging is None:
+                self._staging = Path(tempfile.mkdtemp(prefix="medseg-tracking-"))
+            slot = Path(tempfile.mkdtemp(dir=self._staging))
         target = slot / path.name
         if path.is_dir():
             shutil.copytree(path, target)
@@ -176,6 +191,11 @@ class RunLogger:
                 "created": int(time.time() * 1000),
             },
         )
+        try:
+            self._spool.open()
+        except OSError as exc:
+            logger.error("cannot write the tracking journal %s (%s): calls that cannot be sent will be lost",
+                         folder, exc)
         cfg = self.config
         # MLflow's import takes seconds of CPU: done here, so that the first call's deadline measures the network
         import mlflow.entities  # noqa: F401
@@ -258,7 +278,9 @@ class RunLogger:
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
             check_text_file(file)
-        self._submit(calls.artifact_job(self._run, self._stage(path), artifact_path, len(files)))
+        staged = self._stage(path)
+        folder = self._spool.folder if self._spool is not None else None
+        self._submit(calls.artifact_job(self._run, staged, artifact_path, len(files), folder))
 
     def log_image(self, png_path: str | Path, artifact_path: str = "qc") -> bool:
         """Log a QC PNG under ``artifact_path``; skipped (returns False) when ``log_qc_images`` is off.
@@ -330,20 +352,15 @@ class RunLogger:
         sender.close()
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
-        self._write_summary()
-
-    def _write_summary(self) -> None:
+        if self._spool is not None:
+            self._spool.finish(list(sender.errors))  # removed when every call landed
         report = self.report()
-        if self._spool is not None and self._spool.used:
-            try:
-                self._spool.write_summary(list(self._sender.errors) if self._sender else [])
-            except OSError as exc:
-                logger.error("could not write the spool summary: %s", exc)
         if report["not_logged"] or report["lost"]:
             logger.warning(
-                "tracking: not logged to %s: %s; kept in %s (send later with medseg.tracking.replay_offline)%s",
+                "tracking: not logged to %s: %s; kept in %s (send it later with `medseg replay %s`)%s",
                 report["tracking_uri"],
                 report["not_logged"],
+                report["spool_dir"],
                 report["spool_dir"],
                 f"; LOST (spool not writable): {report['lost']}" if report["lost"] else "",
             )

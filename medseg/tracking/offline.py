@@ -1,29 +1,42 @@
-"""A local spool of what could not be sent to the tracking server, and its replay.
+"""Replay of a run's journal (its offline spool, :mod:`medseg.tracking.journal`) into a tracking store.
 
-Layout of one spool folder (one per training run)::
-
-    <spool>/records.jsonl      one JSON object per line: run header, params, tags, metrics, artifact, end
-    <spool>/artifacts/...      copies of the artifacts, under their MLflow artifact path
-    <spool>/summary.json       counts of what is in the spool (written when the run ends)
-    <spool>/replayed.json      written by :func:`replay_offline` once the spool reached a server
-
-``records.jsonl`` is append-only and flushed after every line; a torn last line (crash while writing) is skipped
-on replay. Metric values may be NaN/inf (Python's JSON extension), as MLflow accepts them.
+:func:`replay_offline` sends a spool's unsent calls (those without an ack) into the spool's run when it exists on
+the target store (else into the run an earlier replay created there, else into a new run tagged
+``medseg.replayed_from_spool``), acknowledging each call in the journal as it lands, so a replay stopped half-way
+(the server went away) resumes where it stopped. It is idempotent whatever the backend: metric values the run
+already has (same key, step, timestamp and value, read with one ``get_metric_history`` per key) and parameters it
+already has with the same value are skipped, since MLflow's file store, unlike its SQL store, would store a metric
+value twice. An interrupted run (no end record, no live owner) is closed as KILLED; a spool whose run is still
+alive is refused. ``medseg replay PATH`` (one spool folder, or every spool of a training workdir not replayed yet)
+is :func:`medseg.tracking.spools.replay_spools`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import shutil
-import time
+import math
+import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from medseg.atomic import atomic_path, atomic_write_text
+from medseg.atomic import atomic_write_text
 from medseg.tracking.errors import SpoolError, TrackingUnavailableError
+from medseg.tracking.journal import (
+    LOCK_FILE,
+    MAX_BATCH_METRICS,
+    MAX_BATCH_PARAMS,
+    RECORDS_FILE,
+    REPLAYED_FILE,
+    Spool,
+    SpoolState,
+    inspect_spool,
+    read_spool,
+    try_lock,
+)
 from medseg.tracking.store import (
     check_tracking,
     get_or_create_experiment,
@@ -32,176 +45,199 @@ from medseg.tracking.store import (
     redact_uri,
 )
 
+__all__ = ["Spool", "read_spool", "replay_offline"]  # Spool and read_spool: their home before the journal
+
 logger = logging.getLogger(__name__)
 
-RECORDS_FILE = "records.jsonl"
-SUMMARY_FILE = "summary.json"
-REPLAYED_FILE = "replayed.json"
-ARTIFACTS_DIR = "artifacts"
-MAX_BATCH_PARAMS = 100  # MLflow's log_batch limits
-MAX_BATCH_METRICS = 1000
+_MAX_FLOAT = 1.7976931348623157e308
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class Spool:
-    """Append-only store for one run's unsent tracking data. Nothing is created until the first write."""
-
-    def __init__(self, folder: str | Path, header: Mapping[str, Any]) -> None:
-        self.folder = Path(folder)
-        self._header = dict(header)
-        self._opened = False
-        self.counts: Counter[str] = Counter()
-
-    @property
-    def used(self) -> bool:
-        return self._opened
-
-    def _append(self, record: Mapping[str, Any]) -> None:
-        if not self._opened:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._opened = True
-            self._append({"kind": "run", **self._header})
-        with open(self.folder / RECORDS_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-            fh.flush()
-
-    def set_run_id(self, run_id: str) -> None:
-        """Remember the server-side run id (so a replay continues that run); re-written if already spooling."""
-        self._header["run_id"] = run_id
-        if self._opened:
-            self._append({"kind": "run", **self._header})
-
-    def params(self, params: Mapping[str, str]) -> None:
-        self._append({"kind": "params", "params": dict(params)})
-        self.counts["params"] += len(params)
-
-    def tags(self, tags: Mapping[str, str]) -> None:
-        self._append({"kind": "tags", "tags": dict(tags)})
-        self.counts["tags"] += len(tags)
-
-    def metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int) -> None:
-        self._append({"kind": "metrics", "metrics": dict(metrics), "step": step, "timestamp": timestamp_ms})
-        self.counts["metrics"] += len(metrics)
-
-    def artifact(self, local_path: Path, artifact_path: str | None) -> None:
-        """Copy a file (or a folder's files) into the spool under its artifact path."""
-        local_path = Path(local_path)
-        dest_root = self.folder / ARTIFACTS_DIR / (artifact_path or "")
-        files = (
-            sorted(p for p in local_path.rglob("*") if p.is_file()) if local_path.is_dir() else [local_path]
+@contextlib.contextmanager
+def spool_lock(state: SpoolState) -> Iterator[None]:
+    """Hold the spool's lock (a replay at a time, never while its run is alive); ``SpoolError`` when held."""
+    fd = try_lock(state.folder / LOCK_FILE)
+    if fd is None:
+        raise SpoolError(
+            f"{state.folder} is in use by {state.owner_text()} (its training run is still running, or another "
+            "replay is): not replayed; wait for it to end, or stop it"
         )
-        base = local_path if local_path.is_dir() else local_path.parent
-        prefix = local_path.name if local_path.is_dir() else ""
-        for src in files:
-            dest = dest_root / prefix / src.relative_to(base)
-            with atomic_path(dest) as tmp:
-                shutil.copyfile(src, tmp)
-            rel_dir = dest.parent.relative_to(self.folder / ARTIFACTS_DIR).as_posix()
-            self._append(
-                {
-                    "kind": "artifact",
-                    "file": dest.relative_to(self.folder).as_posix(),
-                    "artifact_path": None if rel_dir == "." else rel_dir,
-                }
-            )
-            self.counts["artifacts"] += 1
-
-    def end(self, status: str) -> None:
-        self._append({"kind": "end", "status": status, "timestamp": _now_ms()})
-        self.counts["run_end"] += 1
-
-    def write_summary(self, errors: list[str]) -> None:
-        if self._opened:
-            summary = {"counts": dict(self.counts), "errors": errors, "header": self._header}
-            atomic_write_text(self.folder / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
-def read_spool(folder: str | Path) -> list[dict[str, Any]]:
-    """The records of a spool folder (a torn last line is skipped with a warning)."""
-    path = Path(folder) / RECORDS_FILE
-    if not path.is_file():
-        raise SpoolError(f"{folder}: not an offline spool folder (no {RECORDS_FILE})")
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                logger.warning("%s: skipping torn last line %d", path, number)
-                continue
-            raise SpoolError(f"{path}: line {number} is not JSON: {exc}") from exc
-    return records
+def append_records(folder: Path, records: list[dict[str, Any]]) -> None:
+    """Append records to a spool's journal (a replay's acks), first ending a line torn by a crash."""
+    path = folder / RECORDS_FILE
+    with open(path, "a+b") as fh:
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8"))
 
 
-def _header(records: list[dict[str, Any]]) -> dict[str, Any]:
-    header: dict[str, Any] = {}
-    for record in records:
-        if record.get("kind") == "run":
-            header.update({k: v for k, v in record.items() if v is not None})
-    return header
+def _metric_id(step: int, timestamp: int, value: float) -> tuple[int, int, float | str]:
+    """What identifies a logged metric value; NaN and infinities as MLflow's SQL store keeps them."""
+    if math.isnan(value):
+        return step, timestamp, "nan"
+    if math.isinf(value):
+        value = math.copysign(_MAX_FLOAT, value)
+    return step, timestamp, value
 
 
-def _target_run(client: Any, header: Mapping[str, Any], uri: str, experiment: str | None) -> tuple[str, bool]:
+def _run_usable(client: Any, run_id: str | None) -> bool:
     from mlflow.exceptions import MlflowException
 
-    run_id = header.get("run_id")
-    if run_id:
-        try:
-            client.get_run(run_id)
-            return run_id, False
-        except MlflowException:
-            logger.info(
-                "run %s of the spool does not exist in %s: creating a new run", run_id, redact_uri(uri)
-            )
+    if not run_id:
+        return False
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def _target_run(client: Any, state: SpoolState, uri: str, experiment: str | None) -> tuple[str, bool]:
+    """The run to send into: the spool's own, else one an earlier replay into ``uri`` created, else a new one."""
+    header, target = state.header, redact_uri(uri)
+    earlier = [r.get("run_id") for r in reversed(state.replay_runs) if r.get("tracking_uri") == target]
+    if state.replayed and state.replayed.get("tracking_uri") == target:
+        earlier.append(state.replayed.get("run_id"))
+    for run_id in [header.get("run_id"), *earlier]:
+        if _run_usable(client, run_id):
+            return str(run_id), False
+    if header.get("run_id"):
+        logger.info("run %s of the spool does not exist in %s: creating a new run", header["run_id"], target)
     name = experiment or header.get("experiment") or "medseg"
     experiment_id = get_or_create_experiment(client, name, uri)
     tags = {"medseg.replayed_from_spool": "true"}
-    if run_id:
-        tags["medseg.original_run_id"] = str(run_id)
+    if header.get("run_id"):
+        tags["medseg.original_run_id"] = str(header["run_id"])
     run = client.create_run(experiment_id, run_name=header.get("run_name"), tags=tags)
-    return run.info.run_id, True
+    run_id = run.info.run_id
+    append_records(state.folder, [{"kind": "replay_run", "run_id": run_id, "tracking_uri": target}])
+    return run_id, True
 
 
-def _send_records(
-    client: Any, run_id: str, records: list[dict[str, Any]], folder: Path
-) -> tuple[Counter[str], dict[str, Any] | None]:
-    """Send the params, tags, metrics and artifacts of ``records`` in their order; returns counts and the end record."""
-    from mlflow.entities import Metric, Param, RunTag
+class _Sender:
+    """Sends calls into one run, skipping what the run already has, and acknowledges them in the journal."""
 
-    sent: Counter[str] = Counter()
-    end_status = None
+    def __init__(self, client: Any, run_id: str, folder: Path, acked: set[int], fresh: bool) -> None:
+        self.client, self.run_id, self.folder, self.acked, self.fresh = client, run_id, folder, acked, fresh
+        self.counts: Counter[str] = Counter()
+        self._params: dict[str, str] | None = {} if fresh else None
+        self._history: dict[str, set[tuple[int, int, float | str]]] = {}
+        self._metrics: list[Any] = []
+        self._metric_seqs: list[Any] = []
+
+    def ack(self, seqs: list[Any]) -> None:
+        new = [s for s in seqs if isinstance(s, int) and s not in self.acked]
+        if new:
+            append_records(self.folder, [{"kind": "ack", "seq": s, "replay": True} for s in new])
+            self.acked.update(new)
+
+    def _seen(self, key: str) -> set[tuple[int, int, float | str]]:
+        if key not in self._history:
+            history = [] if self.fresh else self.client.get_metric_history(self.run_id, key)
+            self._history[key] = {_metric_id(m.step, m.timestamp, m.value) for m in history}
+        return self._history[key]
+
+    def metrics(self, record: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        step, timestamp = int(record["step"]), int(record["timestamp"])
+        new = []
+        for key, value in record["metrics"].items():
+            ident, seen = _metric_id(step, timestamp, float(value)), self._seen(key)
+            if ident in seen:
+                self.counts["skipped_metrics"] += 1
+                continue
+            seen.add(ident)
+            new.append(Metric(key, float(value), timestamp, step))
+        if len(self._metrics) + len(new) > MAX_BATCH_METRICS:
+            self.flush()
+        self._metrics += new
+        self._metric_seqs.append(record.get("seq"))
+
+    def flush(self) -> None:
+        """Send the metric values gathered so far (consecutive records go in one call)."""
+        if self._metrics:
+            self.client.log_batch(self.run_id, metrics=self._metrics, synchronous=True)
+            self.counts["metrics"] += len(self._metrics)
+        self.ack(self._metric_seqs)
+        self._metrics, self._metric_seqs = [], []
+
+    def params(self, record: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        if self._params is None:
+            self._params = dict(self.client.get_run(self.run_id).data.params)
+        todo = {str(k): str(v) for k, v in record["params"].items()}
+        same = {k for k, v in todo.items() if self._params.get(k) == v}
+        self.counts["skipped_params"] += len(same)
+        items = [Param(k, v) for k, v in todo.items() if k not in same]
+        for i in range(0, len(items), MAX_BATCH_PARAMS):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_BATCH_PARAMS], synchronous=True)
+        self._params.update(todo)
+        self.counts["params"] += len(items)
+        self.ack([record.get("seq")])
+
+    def tags(self, record: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in record["tags"].items()]
+        for i in range(0, len(items), MAX_BATCH_PARAMS):
+            self.client.log_batch(self.run_id, tags=items[i : i + MAX_BATCH_PARAMS], synchronous=True)
+        self.counts["tags"] += len(items)
+        self.ack([record.get("seq")])
+
+    def artifact(self, record: Mapping[str, Any]) -> None:
+        path = self.folder / record["file"]
+        if not path.exists():
+            if record.get("seq") not in self.acked:  # an acked copy was removed once it landed
+                logger.warning("%s: artifact copy %s is missing: not sent", self.folder, record["file"])
+                self.counts["missing_artifacts"] += 1
+            return
+        self.client.log_artifact(self.run_id, str(path), record.get("artifact_path"))
+        self.counts["artifacts"] += int(record.get("files", 1))
+        self.ack([record.get("seq")])
+
+
+def _last_timestamp(state: SpoolState) -> int | None:
+    stamps = [int(r["timestamp"]) for r in state.calls if isinstance(r.get("timestamp"), int | float)]
+    if isinstance(state.header.get("created"), int):
+        stamps.append(state.header["created"])
+    return max(stamps) if stamps else None
+
+
+def _send(
+    client: Any, run_id: str, state: SpoolState, records: list[dict[str, Any]], fresh: bool
+) -> dict[str, Any]:
+    """Send ``records`` in their order, then close the run (its end record's status, or KILLED if interrupted)."""
+    sender = _Sender(client, run_id, state.folder, set(state.acked), fresh)
     for record in records:
         kind = record.get("kind")
+        if kind == "metrics":
+            sender.metrics(record)
+            continue
+        sender.flush()
         if kind == "params":
-            params = [Param(k, v) for k, v in record["params"].items()]
-            for i in range(0, len(params), MAX_BATCH_PARAMS):
-                client.log_batch(run_id, params=params[i : i + MAX_BATCH_PARAMS], synchronous=True)
-            sent["params"] += len(params)
+            sender.params(record)
         elif kind == "tags":
-            tags = [RunTag(k, v) for k, v in record["tags"].items()]
-            for i in range(0, len(tags), MAX_BATCH_PARAMS):
-                client.log_batch(run_id, tags=tags[i : i + MAX_BATCH_PARAMS], synchronous=True)
-            sent["tags"] += len(tags)
-        elif kind == "metrics":
-            metrics = [
-                Metric(k, float(v), int(record["timestamp"]), int(record["step"]))
-                for k, v in record["metrics"].items()
-            ]
-            for i in range(0, len(metrics), MAX_BATCH_METRICS):
-                client.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH_METRICS], synchronous=True)
-            sent["metrics"] += len(metrics)
+            sender.tags(record)
         elif kind == "artifact":
-            client.log_artifact(run_id, str(folder / record["file"]), record.get("artifact_path"))
-            sent["artifacts"] += 1
-        elif kind == "end":
-            end_status = record
-    return sent, end_status
+            sender.artifact(record)
+    sender.flush()
+    end = state.end
+    if end is not None:
+        status, end_time = str(end["status"]), int(end["timestamp"])
+    else:  # interrupted (the caller holds the lock: no process runs it)
+        status, end_time = "KILLED", _last_timestamp(state)
+    client.set_terminated(run_id, status=status, end_time=end_time)
+    if end is not None:
+        sender.ack([end.get("seq")])
+    return {"status": status, **sender.counts}
 
 
 def replay_offline(
@@ -212,38 +248,56 @@ def replay_offline(
     timeout_s: float = 10.0,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Send a spool folder (``RunLogger.report()["spool_dir"]``) to ``tracking_uri``.
+    """Send a spool folder (``RunLogger.report()["spool_dir"]``) to ``tracking_uri``; see the module docstring.
 
-    The records go into the spool's original run when it exists on that server, else into a new run of
-    ``experiment`` (default: the spool's experiment) tagged ``medseg.replayed_from_spool``. A replayed spool is
-    marked and refused a second time unless ``force``.
+    ``force`` replays a spool already replayed and resends its acknowledged calls too (what the run already has
+    is skipped). A spool whose run is still alive is refused (``SpoolError``); an unreachable store raises
+    ``TrackingUnavailableError`` before anything is sent or marked.
 
     Returns:
-        ``{"run_id", "created_run", "params", "tags", "metrics", "artifacts"}`` (counts sent).
+        ``{"run_id", "created_run", "status", "interrupted", "params", "tags", "metrics", "artifacts",
+        "skipped_metrics", "skipped_params", "missing_artifacts"}`` (counts sent or skipped).
     """
     folder = Path(spool_dir)
-    records = read_spool(folder)
-    if (folder / REPLAYED_FILE).exists() and not force:
-        done = json.loads((folder / REPLAYED_FILE).read_text(encoding="utf-8"))
+    state = inspect_spool(folder)
+    if state.replayed is not None and not force:
         raise SpoolError(
-            f"{folder} was already replayed into run {done.get('run_id')}; pass force=True to resend"
+            f"{folder} was already replayed into run {state.replayed.get('run_id')}; pass force=True (--force) "
+            "to resend"
         )
-    status = check_tracking(tracking_uri, timeout_s)
-    if not status.ok:
-        raise TrackingUnavailableError(f"cannot replay {folder}: {status.detail}")
-    header = _header(records)
-    limit_mlflow_http(tracking_uri, timeout_s)
-    client = make_client(tracking_uri)
-    run_id, created = _target_run(client, header, tracking_uri, experiment)
-    sent, end_status = _send_records(client, run_id, records, folder)
-    if end_status is not None:
-        client.set_terminated(run_id, status=end_status["status"], end_time=int(end_status["timestamp"]))
-    elif created:
-        client.set_terminated(run_id, status="FINISHED")
+    with spool_lock(state):
+        status = check_tracking(tracking_uri, timeout_s)
+        if not status.ok:
+            raise TrackingUnavailableError(f"cannot replay {folder}: {status.detail}")
+        limit_mlflow_http(tracking_uri, timeout_s)
+        state = inspect_spool(folder)  # as of now, under the lock
+        interrupted = state.end is None
+        try:
+            client = make_client(tracking_uri)
+            run_id, created = _target_run(client, state, tracking_uri, experiment)
+            sent = _send(client, run_id, state, state.calls if force else state.unsent, created)
+        except SpoolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MLflow, HTTP and disk errors: one line; the acks say what landed
+            raise TrackingUnavailableError(
+                f"replay of {folder} into {redact_uri(tracking_uri)} stopped: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}; what landed is recorded, run it again for the rest"
+            ) from exc
+    counts = (
+        "params",
+        "tags",
+        "metrics",
+        "artifacts",
+        "skipped_metrics",
+        "skipped_params",
+        "missing_artifacts",
+    )
     result = {
         "run_id": run_id,
         "created_run": created,
-        **{k: sent[k] for k in ("params", "tags", "metrics", "artifacts")},
+        "status": sent["status"],
+        "interrupted": interrupted,
+        **{k: int(sent.get(k, 0)) for k in counts},
     }
     atomic_write_text(
         folder / REPLAYED_FILE, json.dumps({**result, "tracking_uri": redact_uri(tracking_uri)}, indent=2)

@@ -135,7 +135,7 @@ def _source_of(
         raise TrackingUnavailableError(
             f"cannot register {name!r}: the run was never created on {redact_uri(uri)} "
             f"({source.report()['offline_reason'] or 'tracking disabled'}); the checkpoint stays at "
-            f"{checkpoint_path}. Replay the spool, then register with `medseg register`"
+            f"{checkpoint_path}. Send the run with `medseg replay WORKDIR`, then register with `medseg register`"
         )
     return source.run_id, uri, timeout_s or source.config.timeout_s
 

@@ -1,10 +1,11 @@
 """Delivery of a run's MLflow calls: one background thread, a deadline per call, a circuit breaker, the spool.
 
-The training thread only queues jobs: :meth:`Sender.submit` never waits on the network. One sender thread makes
-the calls in the order they were queued, each within a deadline (``tracking.timeout_s``, run in a helper thread
-that is left behind if it does not return), so a hung server never stalls training. The breaker opens for the rest
-of the run, and from then on every job, queued or new, goes to the offline spool in order
-(:mod:`medseg.tracking.offline`, replayed later), when:
+The training thread journals each job (:mod:`medseg.tracking.journal`: the call's data is on disk before it is
+queued, so a killed process loses nothing) and queues it: :meth:`Sender.submit` never waits on the network. One
+sender thread makes the calls in the order they were queued, each within a deadline (``tracking.timeout_s``, run in
+a helper thread that is left behind if it does not return), so a hung server never stalls training; a call that
+returns successfully is acknowledged in the journal. The breaker opens for the rest of the run, and from then on
+every job, queued or new, is kept in the journal unsent, in order (replayed later by ``medseg replay``), when:
 
 - a call does not return within its deadline (the first timeout),
 - the job that opens the run fails in any way (probe, experiment, run creation),
@@ -12,10 +13,15 @@ of the run, and from then on every job, queued or new, goes to the offline spool
 
 :meth:`Sender.flush` waits for the jobs queued so far, but gives up on a call that has been in flight for
 ``tracking.flush_timeout_s`` (and on the whole queue after ``max(timeout_s, flush_timeout_s)``): it opens the
-breaker and spools the call and everything behind it. A call given up on may still reach a slow server later, so
-its data can be both in the store and in the spool (a replay logs those values again, with the same steps and
-timestamps). Local stores (SQLite, files) have no network to hang on: their calls get no deadline and a flush
-waits for them (a fresh SQLite store takes seconds to create its tables).
+breaker and keeps the call and everything behind it for a replay. A call given up on may still reach a slow server
+later: when its success arrives (even after the run ended, as long as the process lives) it is acknowledged in the
+journal with ``"late": true`` and not replayed. One that lands while no process is left to hear it (the server
+answered after the process exited) is still unacknowledged; a replay then skips the metric values the run already
+has (same key, step, timestamp and value; MLflow's SQL store ignores such a repeat, its file store does not) and the
+parameters it already has with the same value (tags and artifacts are overwritten with the same content).
+tests/test_tracking_offline.py and tests/test_tracking_replay.py check both. Local stores (SQLite, files) have no
+network to hang on: their calls get no deadline and a flush waits for them (a fresh SQLite store takes seconds to
+create its tables).
 
 Why ours and not MLflow's asynchronous logging (``log_batch(synchronous=False)``): MLflow's queue covers metrics,
 params and tags, not run creation or artifacts; its calls are bounded only by MLflow's HTTP timeout and retries;
@@ -35,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from medseg.tracking.offline import Spool
+from medseg.tracking.journal import Spool
 from medseg.tracking.store import Connectivity, redact_text, redact_uri
 
 logger = logging.getLogger(__name__)
@@ -50,15 +56,16 @@ class Unreachable(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One MLflow call of a run and what to spool instead if it cannot be sent.
+    """One MLflow call of a run and the journal record that replays it if it cannot be sent.
 
     Attributes:
         label: what the call does, for messages ("metrics", "create run", ...).
         kind: the spool's count key of what it carries ("metrics", "params", "tags", "artifacts", "run_end").
-        count: how many entries it carries (for ``lost`` when even the spool cannot be written).
-        call: the MLflow call (run in a helper thread); ``None``: nothing to send, spool only.
-        spool: writes the job's data to the spool; ``None``: nothing to keep.
-        done: called with the call's result once it succeeded (under the sender's lock).
+        count: how many entries it carries (for ``lost`` when even the journal cannot be written).
+        call: the MLflow call (run in a helper thread); ``None``: nothing to send, keep only.
+        record: the job's journal record (``kind`` and data); ``None``: nothing to keep.
+        done: called with the call's result once it succeeded (under the sender's lock; also when it landed after
+            it was given up on).
         opens_run: a failure of this job opens the breaker ("could not create the run: ...").
         retry_offline: tried even after the breaker opened, if a fresh probe answers (closing the run).
         deadline_s: the call's deadline (``None``: the sender's ``timeout_s``).
@@ -69,13 +76,16 @@ class Job:
     kind: str
     count: int
     call: Callable[[], Any] | None
-    spool: Callable[[Spool], None] | None
+    record: dict[str, Any] | None
     done: Callable[[Any], None] | None = None
     opens_run: bool = False
     retry_offline: bool = False
     deadline_s: float | None = None
     is_probe: bool = False
-    abandoned: bool = False
+    seq: int | None = None  # its number in the journal, once written
+    abandoned: bool = False  # a flush gave up on it
+    timed_out: bool = False  # its deadline passed
+    landed: bool = False  # it succeeded (acknowledged in the journal)
     alive_checked: bool = False
 
 
@@ -94,7 +104,7 @@ class Sender:
         timeout_s: deadline of one call; ``None``: no deadline, and :meth:`flush` waits until the queue is
             empty (for local stores, which have no network to hang on).
         flush_timeout_s: how long :meth:`flush` waits for a call in flight.
-        spool: where jobs go that cannot be sent (``None``: nowhere).
+        spool: the run's journal: acknowledges the calls that landed, keeps the others for a replay (``None``: none).
         probe: checks within the given seconds whether the store answers.
     """
 
@@ -215,7 +225,9 @@ class Sender:
                 self._cond.notify_all()  # a flush times the call from now
             outcome = self._execute(job, was_offline)
             with self._cond:
-                if job.abandoned:  # flush gave up on it and spooled it meanwhile
+                if job.abandoned:  # flush gave up on it and kept it meanwhile
+                    if outcome.status == "ok":  # it had returned just before: it landed after all
+                        self._landed(job, outcome.result, late=True)
                     continue
                 self._inflight = None
                 try:
@@ -241,6 +253,8 @@ class Sender:
                 box["error"] = exc
             with self._cond:
                 box["returned"] = True
+                if "error" not in box and (job.abandoned or job.timed_out):  # given up on, and yet it landed
+                    self._landed(job, box.get("result"), late=True)
                 self._cond.notify_all()
 
         if deadline is None:
@@ -249,6 +263,8 @@ class Sender:
             threading.Thread(target=call, name=f"medseg-tracking-{job.kind}", daemon=True).start()
             with self._cond:  # until it returns, its deadline passes, or a flush gives up on it
                 self._cond.wait_for(lambda: "returned" in box or job.abandoned, deadline)
+                if "returned" not in box:
+                    job.timed_out = True  # decided under the lock: a later success is a late landing
             if "returned" not in box:
                 return _Outcome("timeout", message=f"{job.label}: timed out, no answer within {deadline:g} s")
         exc = box.get("error")
@@ -266,8 +282,7 @@ class Sender:
         """Record the outcome of ``job`` (under the lock): done, or spooled and maybe offline from now on."""
         if outcome.status == "ok":
             self._failures = 0
-            if job.done is not None:
-                job.done(outcome.result)
+            self._landed(job, outcome.result)
             return
         if outcome.message and outcome.status != "unreachable":
             self._record(outcome.message)
@@ -290,8 +305,25 @@ class Sender:
             elif isinstance(probe, Connectivity) and not probe.ok:
                 self._open_breaker(probe.detail)
 
+    def _landed(self, job: Job, result: Any, late: bool = False) -> None:
+        """``job``'s call succeeded (under the lock): acknowledge it in the journal and run its ``done``."""
+        if job.landed:
+            return
+        job.landed = True
+        if late:
+            logger.info("tracking call %r landed after it was given up on: not kept for a replay", job.label)
+        if self.spool is not None and job.seq is not None:
+            self.spool.ack(job.seq, late=late)
+        if job.done is not None:
+            try:
+                job.done(result)
+            except Exception:  # noqa: BLE001 - a late landing runs in a helper thread
+                if not late:
+                    raise
+                logger.exception("tracking job %r: could not record its late result", job.label)
+
     def _abandon(self, job: Job | None, message: str) -> None:
-        """Give up on the call in flight (spooled now, its late result ignored) and on the queue behind it."""
+        """Give up on the call in flight (kept now; acknowledged if it lands later) and on the queue behind it."""
         self._record(message)
         if job is None:
             self._open_breaker(message)
@@ -321,10 +353,11 @@ class Sender:
             self._finish()
 
     def _spool_job(self, job: Job) -> None:
-        if self.spool is None or job.spool is None:
+        """Keep ``job`` unsent in the journal for a replay (it was written there before it was queued)."""
+        if self.spool is None or job.record is None or job.landed:
             return
         try:
-            job.spool(self.spool)
+            job.seq = self.spool.keep(job.seq, job.record, job.kind, job.count)
         except Exception as exc:  # noqa: BLE001 - disk full, a vanished file...: counted as lost, never raised
             self.lost[job.kind] += job.count
             logger.error("could not write %s to the offline spool %s: %s", job.kind, self.spool.folder, exc)

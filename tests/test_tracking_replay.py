@@ -1,0 +1,403 @@
+"""The run's write-ahead journal and `medseg replay`: a SIGKILLed run loses nothing, a replay never duplicates.
+
+Real MLflow stores (SQLite, and MLflow's file store where a repeated metric value is stored twice), a real killed
+process, and the loopback stubs of the offline tests (a port that never answers, a port that refuses).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medseg.cli import main
+from medseg.tracking import RunLogger, TrackingConfig, read_spool, replay_offline, resolve_tracking_uri
+from medseg.tracking.journal import Spool, inspect_spool
+from medseg.tracking.spools import warn_unsent_spools
+
+N_STEPS = 7
+CHILD = r"""
+import sys, time
+from medseg.tracking import RunLogger, TrackingConfig
+uri, root, n, flush = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "flush"
+run = RunLogger(TrackingConfig(timeout_s=10.0), uri, root).start("killed", {"lr": 0.01, "net": {"depth": 3}})
+for step in range(n):
+    run.log_metrics({"train/loss": 1.0 / (step + 1), "val/dice": step / 10}, step=step)
+if flush:
+    assert run.flush()
+print("logged", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quiet_mlflow(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _run_and_kill(tmp_path: Path, uri: str, work: Path, flush: bool) -> None:
+    """Start the child (a RunLogger driven like training), wait until it logged N_STEPS epochs, SIGKILL it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    args = [
+        sys.executable,
+        "-c",
+        CHILD,
+        uri,
+        str(work / "mlflow-offline"),
+        str(N_STEPS),
+        "flush" if flush else "-",
+    ]
+    child = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        line = child.stdout.readline() if ready else b""
+        assert line.strip() == b"logged", child.stderr.read1() if child.poll() is not None else "no answer"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        child.stdout.close()
+        child.stderr.close()
+
+
+def test_a_run_killed_while_the_server_hangs_is_replayed_by_the_command(tmp_path, caplog, capsys):
+    """(i) Every epoch logged before the SIGKILL was still queued (the server never answered): the journal has them,
+    `medseg train` would name the spool, and `medseg replay WORKDIR` sends them all and closes the run as KILLED."""
+    work = tmp_path / "work"
+    with socket.socket() as hole:  # accepts connections, never answers: the calls wait in the sender's queue
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        hung = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        _run_and_kill(tmp_path, hung, work, flush=False)
+
+    (spool,) = (work / "mlflow-offline").iterdir()
+    state = inspect_spool(spool)
+    assert state.interrupted and state.owner is None and state.end is None and not state.acked
+    assert state.header["pid"] > 0 and state.header["host"] == socket.gethostname()
+    assert [r["step"] for r in state.unsent if r["kind"] == "metrics"] == list(range(N_STEPS))
+
+    with caplog.at_level(logging.WARNING, logger="medseg.tracking"):
+        assert warn_unsent_spools(work) == [spool]  # what `medseg train` logs when it starts in this workdir
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "medseg.tracking.spools"]
+    assert (
+        "1 interrupted run(s)" in warning and spool.name in warning and f"`medseg replay {work}`" in warning
+    )
+
+    target = resolve_tracking_uri(None, {}, tmp_path / "store")
+    assert main(["replay", str(work), "--tracking-uri", target]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{spool}: run ") and "new run, KILLED, interrupted" in line
+    assert f"sent {2 * N_STEPS} metrics, 2 params" in line and f"the run was tracked at {hung}" in line
+
+    client = _client(target)
+    result = json.loads((spool / "replayed.json").read_text())
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "KILLED" and run.info.run_name == "killed"
+    assert run.data.params == {"lr": "0.01", "net.depth": "3"}
+    assert run.data.tags["medseg.replayed_from_spool"] == "true"
+    assert _history(client, result["run_id"], "train/loss") == [(s, 1.0 / (s + 1)) for s in range(N_STEPS)]
+    assert [s for s, _ in _history(client, result["run_id"], "val/dice")] == list(range(N_STEPS))
+
+    assert main(["replay", str(work), "--tracking-uri", target]) == 0  # nothing left: nothing sent twice
+    assert "nothing to replay" in capsys.readouterr().out
+    assert len(client.get_metric_history(result["run_id"], "train/loss")) == N_STEPS
+    assert warn_unsent_spools(work) == []
+
+
+def test_a_healthy_run_killed_is_closed_as_killed_with_nothing_resent(tmp_path, capsys):
+    """A SQLite run killed after its calls landed: the run stays RUNNING in the store until `medseg replay` (default
+    store: the workdir's, as `medseg train` picks it) closes it as KILLED; the acked calls are not sent again."""
+    work = tmp_path / "work"
+    uri = resolve_tracking_uri(None, {}, work)
+    _run_and_kill(tmp_path, uri, work, flush=True)
+    (spool,) = (work / "mlflow-offline").iterdir()
+    state = inspect_spool(spool)
+    assert state.interrupted and state.unsent == [] and len(state.acked) == 1 + N_STEPS  # params, epochs
+    client = _client(uri)
+    run_id = state.header["run_id"]
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    assert main(["replay", str(work)]) == 0
+    assert "(continued, KILLED, interrupted): sent 0 metrics, 0 params, 0 tags" in capsys.readouterr().out
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert len(client.get_metric_history(run_id, "train/loss")) == N_STEPS
+
+
+def _offline_spool(tmp_path: Path) -> Path:
+    """A run against a refusing server: everything stays in the journal."""
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    with RunLogger(TrackingConfig(timeout_s=2.0), uri, tmp_path / "spool").start("twice", {"lr": 0.1}) as run:
+        for step in range(5):
+            run.log_metrics(
+                {"loss": 1.0 / (step + 1), "dice": float("nan") if step == 0 else 0.1 * step}, step
+            )
+        notes = tmp_path / "notes.txt"
+        notes.write_text("epoch log")
+        run.log_artifact(notes, "logs")
+    return Path(run.report()["spool_dir"])
+
+
+@pytest.fixture(params=["file", "sqlite"])
+def store_uri(request, tmp_path, monkeypatch) -> str:
+    if request.param == "file":  # MLflow's file store stores a repeated metric value twice
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        return (tmp_path / "fstore").as_uri()
+    return resolve_tracking_uri(None, {}, tmp_path / "sstore")
+
+
+def test_replaying_twice_keeps_one_value_per_step(tmp_path, store_uri):
+    """(ii) A forced second replay resends every record into the same run; nothing is stored twice."""
+    spool = _offline_spool(tmp_path)
+    first = replay_offline(spool, store_uri)
+    assert first["created_run"] and (first["metrics"], first["params"], first["artifacts"]) == (10, 1, 1)
+    second = replay_offline(spool, store_uri, force=True)
+    assert second["run_id"] == first["run_id"] and not second["created_run"]  # the run the first replay made
+    assert (second["metrics"], second["skipped_metrics"], second["params"], second["skipped_params"]) == (
+        0,
+        10,
+        0,
+        1,
+    )
+    client = _client(store_uri)
+    assert _history(client, first["run_id"], "loss") == [(s, 1.0 / (s + 1)) for s in range(5)]
+    dice = sorted(client.get_metric_history(first["run_id"], "dice"), key=lambda m: m.step)
+    assert [m.step for m in dice] == list(range(5)) and dice[0].value != dice[0].value  # NaN kept, once
+    assert client.get_run(first["run_id"]).data.params == {"lr": "0.1"}
+
+
+def test_values_that_landed_late_are_not_logged_twice(tmp_path, store_uri):
+    """(b) A call given up on that reached the store anyway (its ack never written: the process died first) is in
+    the run and in the journal; the replay skips the values the run already has."""
+    from mlflow.entities import Metric, Param
+
+    client = _client(store_uri)
+    experiment = client.create_experiment("late")
+    run_id = client.create_run(experiment, run_name="late").info.run_id
+    client.log_batch(run_id, params=[Param("lr", "0.1")], synchronous=True)
+    stamp = 1_700_000_000_000
+    client.log_batch(
+        run_id, metrics=[Metric("loss", 1.0 / (s + 1), stamp + s, s) for s in (0, 1)], synchronous=True
+    )
+    spool = Spool(tmp_path / "mlflow-offline" / "late", {"experiment": "late", "run_name": "late"})
+    spool.open()
+    spool.set_run_id(run_id)
+    spool.write({"kind": "params", "params": {"lr": "0.1"}}, "params", 1)
+    for s in range(4):
+        record = {"kind": "metrics", "metrics": {"loss": 1.0 / (s + 1)}, "step": s, "timestamp": stamp + s}
+        spool.write(record, "metrics", 1)
+    spool.write({"kind": "end", "status": "FINISHED", "timestamp": stamp + 10}, "run_end", 1)
+    spool.finish([])
+    result = replay_offline(spool.folder, store_uri)
+    assert (result["run_id"], result["created_run"], result["status"]) == (run_id, False, "FINISHED")
+    assert (result["metrics"], result["skipped_metrics"], result["params"], result["skipped_params"]) == (
+        2,
+        2,
+        0,
+        1,
+    )
+    assert _history(client, run_id, "loss") == [(s, 1.0 / (s + 1)) for s in range(4)]
+    assert client.get_run(run_id).info.end_time == stamp + 10
+
+
+def test_a_healthy_run_journals_every_call_and_leaves_nothing_behind(tmp_path):
+    """(iii) While the run is alive its journal holds each call and its ack (artifact copies dropped once sent);
+    when the run ends with everything acked the folder goes, and the spool root the run created with it."""
+    uri = resolve_tracking_uri(None, {}, tmp_path / "store")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    run = RunLogger(TrackingConfig(), uri, tmp_path / "work" / "mlflow-offline").start(
+        "ok", {"lr": 0.1}, {"f": 0}
+    )
+    for step in range(3):
+        run.log_metrics({"loss": 1.0 - 0.1 * step}, step=step)
+    run.log_artifact(notes, "logs")
+    assert run.flush()
+    (spool,) = (tmp_path / "work" / "mlflow-offline").iterdir()
+    state = inspect_spool(spool)
+    assert state.owner == f"pid {os.getpid()} on {socket.gethostname()}"  # this process holds the lock
+    kinds = [r["kind"] for r in state.calls]
+    assert kinds == ["tags", "params", "metrics", "metrics", "metrics", "artifact"]  # create run (tags), ...
+    assert state.unsent == [] and not state.interrupted
+    assert not any((spool / "artifacts").iterdir())  # the copy went once the artifact was sent
+    run.end()
+    assert run.report()["spool_dir"] is None and not (tmp_path / "work" / "mlflow-offline").exists()
+    assert _history(_client(uri), run.run_id, "loss") == [(0, 1.0), (1, 0.9), (2, 0.8)]
+
+
+def test_a_spool_written_before_the_journal_is_replayed_whole(tmp_path, capsys):
+    """Spools of the previous format (no seq, no lock, copies under their artifact path): all records unsent."""
+    spool = tmp_path / "work" / "mlflow-offline" / "20250101T000000-old-1234abcd"
+    (spool / "artifacts" / "logs").mkdir(parents=True)
+    (spool / "artifacts" / "logs" / "notes.txt").write_text("old")
+    records = [
+        {
+            "kind": "run",
+            "experiment": "old",
+            "run_name": "old",
+            "tracking_uri": "http://x:5000",
+            "created": 1000,
+        },
+        {"kind": "params", "params": {"a": "1"}},
+        {"kind": "metrics", "metrics": {"m": 0.5}, "step": 0, "timestamp": 2000},
+        {"kind": "metrics", "metrics": {"m": 0.25}, "step": 1, "timestamp": 3000},
+        {"kind": "artifact", "file": "artifacts/logs/notes.txt", "artifact_path": "logs"},
+    ]
+    (spool / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "met')
+    assert [r["kind"] for r in read_spool(spool)] == ["run", "params", "metrics", "metrics", "artifact"]
+    uri = resolve_tracking_uri(None, {}, tmp_path / "work")
+    assert main(["replay", str(spool)]) == 0  # default store: the workdir's
+    assert "sent 2 metrics, 1 params, 0 tags, 1 artifacts" in capsys.readouterr().out
+    result = json.loads((spool / "replayed.json").read_text())
+    client = _client(uri)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "KILLED" and run.info.end_time == 3000  # no end record: it was interrupted
+    assert _history(client, result["run_id"], "m") == [(0, 0.5), (1, 0.25)]
+    assert [a.path for a in client.list_artifacts(result["run_id"], "logs")] == ["logs/notes.txt"]
+    assert inspect_spool(spool).end is None  # the torn last line was ended before the replay's records
+
+
+def test_replay_command_errors(tmp_path, capsys):
+    """(iv) Bad PATH: one line naming it, exit 2; a spool whose run is alive: refused, exit 2; store down: exit 1,
+    nothing marked replayed."""
+    sqlite = resolve_tracking_uri(None, {}, tmp_path / "store")
+    missing = tmp_path / "nope"
+    assert main(["replay", str(missing), "--tracking-uri", sqlite]) == 2
+    err = capsys.readouterr().err
+    assert err == f"medseg replay: {missing} does not exist\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["replay", str(empty), "--tracking-uri", sqlite]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"medseg replay: {empty} is neither an offline spool folder (no records.jsonl) nor a training workdir "
+        "(no mlflow-offline/)"
+    )
+
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    live = RunLogger(TrackingConfig(timeout_s=2.0), dead, tmp_path / "work" / "mlflow-offline").start("live")
+    live.log_metrics({"m": 1.0}, step=0)
+    try:
+        assert live.offline
+        spool = Path(live.report()["spool_dir"])
+        assert main(["replay", str(spool), "--tracking-uri", sqlite]) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err.startswith(f"medseg replay: {spool} is in use by pid {os.getpid()} on ") and "\n" not in err
+        )
+        assert (
+            main(["replay", str(tmp_path / "work"), "--tracking-uri", sqlite]) == 1
+        )  # in a workdir: skipped
+        assert "skipped: " in capsys.readouterr().out
+    finally:
+        live.end()
+    journal = (spool / "records.jsonl").read_text()
+    down = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["replay", str(spool), "--tracking-uri", down]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"medseg replay: cannot replay {spool}: ") and "\n" not in err
+    assert not (spool / "replayed.json").exists() and (spool / "records.jsonl").read_text() == journal
+
+    outside = tmp_path / "elsewhere"
+    spool.rename(outside)
+    assert main(["replay", str(outside)]) == 2  # no workdir, no URI: which store is unknown
+    assert "name the store with --tracking-uri or MLFLOW_TRACKING_URI" in capsys.readouterr().err
+    assert main(["replay", str(outside), "--tracking-uri", sqlite]) == 0
+    assert main(["replay", str(outside), "--tracking-uri", sqlite]) == 2
+    assert "was already replayed into run" in capsys.readouterr().err
+
+
+def test_train_warns_about_interrupted_spools(tmp_path, caplog):
+    """`medseg train` (train_and_register) names the interrupted spools of its workdir once, and sends nothing."""
+    from medseg.synthetic.dataset import write_perfusion_dataset
+    from medseg.workflows import train_and_register
+
+    work = tmp_path / "work"
+    spool = work / "mlflow-offline" / "20250101T000000-killed-0000abcd"
+    spool.mkdir(parents=True)
+    (spool / "records.jsonl").write_text(json.dumps({"kind": "run", "run_name": "killed"}) + "\n")
+    data = write_perfusion_dataset(tmp_path / "data", 3, shape=(16, 16, 8))
+    tiny = [
+        "train.epochs=1", "network.features=[4,8,16]", "train.patch_size=[16,16,8]", "train.num_workers=0",
+        "train.batch_size=1", "train.samples_per_case=1", "tracking.enabled=false", "tracking.registered_model=null",
+    ]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="medseg"):
+        train_and_register("configs/demo.yaml", work, tracking_uri="", datalist=data, overrides=tiny)
+    warnings = [r.getMessage() for r in caplog.records if "medseg replay" in r.getMessage()]
+    assert warnings == [
+        f"tracking: 1 interrupted run(s) ({spool.name}) in {work / 'mlflow-offline'} were not sent to MLflow; "
+        f"send them with `medseg replay {work}`"
+    ]
+    assert not (spool / "replayed.json").exists()
+
+
+def _worker(started) -> None:
+    started.set()
+    time.sleep(30)
+
+
+def test_the_lock_dies_with_the_runs_process_not_with_forked_workers(tmp_path):
+    """Data loader workers forked by the run drop their copy of the lock: a killed run's spool is not kept 'alive'
+    by orphaned workers."""
+    import multiprocessing
+
+    spool = Spool(tmp_path / "mlflow-offline" / "run", {"run_name": "run"})
+    spool.open()
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    worker = context.Process(target=_worker, args=(started,))
+    worker.start()
+    try:
+        assert started.wait(10)  # past the fork hooks: running its own code
+        assert inspect_spool(spool.folder).owner is not None
+        spool._release()  # what the kernel does when the run's process dies
+        assert inspect_spool(spool.folder).owner is None and worker.is_alive()
+    finally:
+        worker.kill()
+        worker.join(10)
+
+
+def test_replay_sends_to_the_store_the_workdir_trained_with(tmp_path, monkeypatch):
+    """``medseg replay WORKDIR`` picks the store as ``medseg train`` did: the flag, else the workdir config's
+    ``tracking.uri``, else MLFLOW_TRACKING_URI, else the workdir's embedded SQLite store."""
+    import yaml
+
+    from medseg.config import load_config, to_dict
+    from medseg.tracking.spools import replay_tracking_uri
+
+    work = tmp_path / "work"
+    (work / "mlflow-offline").mkdir(parents=True)
+    config = to_dict(load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"))
+    env = {"MLFLOW_TRACKING_URI": "http://from-env:5000"}
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    assert replay_tracking_uri(work, None, env) == "http://from-env:5000"
+    assert replay_tracking_uri(work, None, {}) == f"sqlite:///{work.resolve().as_posix()}/mlruns.db"
+    config["tracking"]["uri"] = "http://configured:5000"
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    assert replay_tracking_uri(work, None, env) == "http://configured:5000"
+    assert replay_tracking_uri(work, " http://flag:1 ", env) == "http://flag:1"
