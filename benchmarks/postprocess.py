@@ -6,9 +6,9 @@ labels: a large ellipsoid (1), a medium one (2), two separate ellipsoids of labe
 
 Compared, in the same process, one after the other (wall time and extra peak resident memory, see ``_peak.py``):
 
-- keep the largest component: :func:`medseg.inference.postprocess.largest_component` against
+- keep the largest component: :func:`medseg.inference.components.largest_component` against
   ``monai.transforms.KeepLargestConnectedComponent`` (one label map, ``independent=True``, full connectivity);
-- remove small objects: :func:`medseg.inference.postprocess.remove_small` against
+- remove small objects: :func:`medseg.inference.components.remove_small` against
   ``monai.transforms.RemoveSmallObjects(by_measure=True, pixdim=spacing)`` applied per label to a binary mask (the
   thin wrapper medseg would need: on a multi-label map MONAI treats all voxels of one label value as one object).
 
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from _peak import best_of
 
-from medseg.inference.postprocess import largest_component, remove_small
+from medseg.inference.components import largest_component, remove_small
 
 SPACING = (0.8, 0.8, 1.0)
 MIN_VOLUME_MM3 = 20.0

@@ -31,42 +31,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from model_specs import save_unet_checkpoint  # noqa: E402
 
 from medseg.batch import LEDGER_FILE, ScaleOut, discover, segment_archive  # noqa: E402
 from medseg.config import ChannelConfig  # noqa: E402
 from medseg.inference.options import InferenceOptions  # noqa: E402
 
 FORMATS = ("nifti", "report")
-
-
-def _checkpoint(path: Path) -> Path:
-    import torch
-
-    from medseg.checkpoint import Checkpoint, ModelSpec, save_checkpoint
-    from medseg.contract import DataContract
-    from medseg.nets import build_network, network_config
-
-    torch.manual_seed(0)
-    net = build_network("unet", spatial_dims=3, in_channels=1, out_channels=2, features=(8, 16, 32))
-    spec = ModelSpec(
-        network=network_config(net),
-        contract=DataContract.from_dict(
-            {
-                "data": {
-                    "channels": [
-                        {"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}
-                    ],
-                    "labels": {0: "background", 1: "body"},
-                    "spacing": None,
-                    "orientation": "RAS",
-                    "spatial_dims": 3,
-                },
-                "patch_size": [32, 32, 32],
-                "inference": {"overlap": 0.25, "sw_batch_size": 2},
-            }
-        ),
-    )
-    return save_checkpoint(path, Checkpoint(state_dict=net.state_dict(), spec=spec))
 
 
 def _archive(root: Path, n: int, shape: tuple[int, ...], offset: int = 0) -> None:
@@ -181,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="medseg-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = _checkpoint(work / "model.pt")
+    ckpt = save_unet_checkpoint(work / "model.pt", features=(8, 16, 32), patch=32)
     print(f"machine: {os.cpu_count()} CPU(s), shared with other jobs; workdir {work}")
 
     inp = work / "archive"

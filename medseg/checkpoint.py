@@ -44,12 +44,17 @@ class ModelSpec:
         config: the full training configuration (plain data), kept for provenance (its hash is recorded with every
             output); inference never reads it.
         medseg_version: the version that trained it.
+        format1: the format-1 spec data (before the contract) this spec was converted from, as stored; None for
+            current data. Not saved again (a re-saved checkpoint is format 2); kept so that a batch output folder
+            started by a medseg of that time, whose fingerprint hashes this data, is recognised as made by the
+            same model (:func:`medseg.batch.provenance.earlier_fingerprints`).
     """
 
     network: dict[str, Any]
     contract: DataContract
     config: dict[str, Any] = field(default_factory=dict)
     medseg_version: str = ""
+    format1: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.medseg_version:
@@ -107,6 +112,7 @@ class ModelSpec:
             contract=contract,
             config=dict(current.get("config") or {}),
             medseg_version=str(current.get("medseg_version") or ""),
+            format1=None if "contract" in data else dict(data),
         )
 
 

@@ -9,14 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import torch
+from model_specs import save_unet_checkpoint
 from test_batch_support import write_archive
 
 from medseg.batch import LEDGER_FILE
 from medseg.batch.publish import sha256_file
-from medseg.checkpoint import Checkpoint, ModelSpec, save_checkpoint
-from medseg.contract import DataContract
-from medseg.nets import build_network, network_config
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "segment_archive.py"
 
@@ -26,30 +23,6 @@ def _pipeline():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    net = build_network("unet", spatial_dims=3, in_channels=1, out_channels=2, features=(2, 4))
-    spec = ModelSpec(
-        network=network_config(net),
-        contract=DataContract.from_dict(
-            {
-                "data": {
-                    "channels": [
-                        {"name": "CT", "normalization": {"name": "none"}, "series": {"modality": "CT"}}
-                    ],
-                    "labels": {0: "background", 1: "body"},
-                    "spacing": None,
-                    "orientation": "RAS",
-                    "spatial_dims": 3,
-                },
-                "patch_size": [16, 16, 16],
-                "inference": {"overlap": 0.25, "sw_batch_size": 2},
-            }
-        ),
-    )
-    return save_checkpoint(path, Checkpoint(state_dict=net.state_dict(), spec=spec))
 
 
 def _rows(out: Path) -> list[tuple]:
@@ -62,7 +35,7 @@ def _rows(out: Path) -> list[tuple]:
 @pytest.mark.slow  # two spawned workers import torch and MONAI afresh
 def test_two_workers_then_resume_with_one_and_the_same_labels_as_a_single_process(tmp_path, capsys):
     archive = write_archive(tmp_path / "in", n_good=4, bad=False)
-    ckpt = _checkpoint(tmp_path / "model.pt")
+    ckpt = save_unet_checkpoint(tmp_path / "model.pt", features=(2, 4), patch=16)
     main = _pipeline().main
     out, single = tmp_path / "out", tmp_path / "single"
     common = ["--model", str(ckpt), "--formats", "nifti,report", "--no-progress", "--device", "cpu"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from model_specs import channel, contract
 
 from medseg.checkpoint import ModelSpec
-from medseg.contract import DataContract
 from medseg.inference import Predictor
 from medseg.inference.options import InferenceOptions
 from medseg.synthetic.dataset import write_ct_study
@@ -52,21 +52,10 @@ def threshold_spec(channels: tuple[tuple[str, str], ...] = (("CT", "CT"),), body
     """A spec whose channels are ``(name, modality rule)`` pairs; label 1 is named ``body``."""
     return ModelSpec(
         network={"name": "threshold"},
-        contract=DataContract.from_dict(
-            {
-                "data": {
-                    "channels": [
-                        {"name": name, "normalization": {"name": "none"}, "series": {"modality": modality}}
-                        for name, modality in channels
-                    ],
-                    "labels": {0: "background", 1: body},
-                    "spacing": None,
-                    "orientation": "RAS",
-                    "spatial_dims": 3,
-                },
-                "patch_size": [16, 16, 16],
-                "inference": {"overlap": 0.5, "sw_batch_size": 2},
-            }
+        contract=contract(
+            [channel(name, modality=modality) for name, modality in channels],
+            {0: "background", 1: body},
+            inference={"overlap": 0.5, "sw_batch_size": 2},
         ),
     )
 

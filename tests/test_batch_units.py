@@ -104,6 +104,12 @@ def test_ledger_rows_and_status_transitions(tmp_path):
         ledger.bind("model", "abc", "model")
         with pytest.raises(LedgerError, match="different model"):
             ledger.bind("model", "abd", "model")
+        with pytest.raises(LedgerError, match="different model"):  # "abc" is not an earlier form of "new"
+            ledger.bind("model", "new", "model", earlier=("old",))
+        ledger.bind("model", "new", "model", earlier=("old", "abc"))  # an earlier form: rewritten
+        assert ledger.get_meta("model") == "new"
+        with pytest.raises(LedgerError, match="different model"):
+            ledger.bind("model", "abc", "model")
     (tmp_path / "junk.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.raises(LedgerError, match="not a usable ledger"):
         Ledger.open(tmp_path / "junk.sqlite")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import monai.losses
@@ -266,6 +267,22 @@ def test_dice_init_validation_names_the_option(kwargs, option):
 def test_dice_ce_init_validation_names_the_option(kwargs, option):
     with pytest.raises(ValueError, match=option):
         DiceCELoss(**kwargs)
+
+
+def test_dice_ce_takes_the_dice_options_and_its_two_weights():
+    """DiceCELoss spells out the options of DiceLoss (explicit, type-checked signatures): they must stay DiceLoss's,
+    in its order and with its defaults, plus the two weights."""
+    dice = dict(inspect.signature(DiceLoss).parameters)
+    params = dict(inspect.signature(DiceCELoss).parameters)
+    assert list(params) == [*dice, "lambda_dice", "lambda_ce"]
+    assert all(params[name].default == dice[name].default for name in dice)
+    loss = DiceCELoss(False, True, "sigmoid", lambda_ce=0.5)  # the Dice options by position, as for DiceLoss
+    assert (loss.dice.include_background, loss.to_onehot_y, loss.activation, loss.lambda_ce) == (
+        False, True, "sigmoid", 0.5,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['weight'\] for loss 'dice_ce'; valid options: "
+                       r"\['activation', 'batch', 'include_background', 'lambda_ce', 'lambda_dice', 'reduction'"):
+        build_loss("dice_ce", weight=1.0)
 
 
 def test_dice_forward_shape_errors_show_both_shapes():

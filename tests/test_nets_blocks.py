@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from medseg.errors import ConfigError
 from medseg.nets import UNet, UNetPlusPlus, available_networks, build_network, network_config
 from medseg.nets.blocks import ConvNormAct, EncoderStage, ResidualBlock, Upsample
+from medseg.nets.family import UNetFamily
 from medseg.nets.instance_norm import InstanceNorm
 from medseg.nets.layers import ACTIVATIONS, NORMS, LayerFactory
 from medseg.nets.shapes import crop_padding, pad_to_multiple
@@ -224,6 +226,20 @@ def test_unknown_and_missing_options_are_named():
         build_network("unetpp", spatial_dims=3)
     with pytest.raises(ValueError, match="network name must be a string"):
         build_network(None, spatial_dims=3)  # type: ignore[arg-type]
+
+
+def test_unetpp_takes_the_family_options_and_prune_depth():
+    """UNet++ spells out the options of the UNet family (explicit, type-checked signatures): they must stay the
+    family's, in its order and with its defaults, plus ``prune_depth``."""
+    family = dict(inspect.signature(UNetFamily.__init__).parameters)
+    params = dict(inspect.signature(UNetPlusPlus).parameters)
+    assert list(params) == [p for p in family if p != "self"] + ["prune_depth"]
+    assert all(params[name].default == family[name].default for name in family if name != "self")
+    assert params["prune_depth"].default is None
+    with pytest.raises(ValueError, match=r"accepted: spatial_dims, .*, residual, deep_supervision, prune_depth$"):
+        build_network("unetpp", spatial_dims=2, in_channels=1, out_channels=2, prune=1)
+    net = UNetPlusPlus(2, 1, 3, (4, 8), norm="batch", deep_supervision=True, prune_depth=1)
+    assert (net.out_channels, net.config["norm"], net.prune_depth) == (3, "batch", 1)
 
 
 def test_network_config_rejects_foreign_modules():

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_specs import CT_WINDOW, channel, contract
 from monai.data import MetaTensor
 
 from medseg.checkpoint import ModelSpec
-from medseg.contract import DataContract
 from medseg.outputs.report import (
     build_report,
     canonical_json,
@@ -36,18 +36,7 @@ LABELS = {0: "background", 1: "liver", 2: "spleen"}
 def _spec(config: dict | None = None) -> ModelSpec:
     return ModelSpec(
         network={"name": "unet", "channels": [4, 8]},
-        contract=DataContract.from_dict(
-            {
-                "data": {
-                    "channels": [{"name": "CT", "normalization": {"name": "ct_window", "center": 40, "width": 400}}],
-                    "labels": LABELS,
-                    "spacing": None,
-                    "orientation": "RAS",
-                    "spatial_dims": 3,
-                },
-                "patch_size": [16, 16, 16],
-            }
-        ),
+        contract=contract([channel("CT", CT_WINDOW)], LABELS),
         config=config if config is not None else {"train": {"lr": 0.001, "epochs": 2}, "seed": 1},
     )
 

@@ -13,12 +13,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from model_specs import CT_WINDOW, channel, contract
 from monai.data import MetaTensor
 from PIL import Image
 
 from medseg.atomic import TEMP_PREFIX
 from medseg.checkpoint import ModelSpec
-from medseg.contract import DataContract
 from medseg.data.dicom import scan_dicom_tree
 from medseg.data.io import load_volume, save_image
 from medseg.outputs import FORMATS, model_provenance, uid_hash, write_case_outputs
@@ -30,22 +30,7 @@ CONFIG = {"data": {"spacing": None}, "train": {"epochs": 1, "lr": 0.01}}
 
 
 def _spec() -> ModelSpec:
-    return ModelSpec(
-        network={"name": "unet"},
-        contract=DataContract.from_dict(
-            {
-                "data": {
-                    "channels": [{"name": "CT", "normalization": {"name": "ct_window", "center": 40, "width": 400}}],
-                    "labels": LABELS,
-                    "spacing": None,
-                    "orientation": "RAS",
-                    "spatial_dims": 3,
-                },
-                "patch_size": [16, 16, 16],
-            }
-        ),
-        config=CONFIG,
-    )
+    return ModelSpec(network={"name": "unet"}, contract=contract([channel("CT", CT_WINDOW)], LABELS), config=CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +60,13 @@ def dicom_case(tmp_path_factory: pytest.TempPathFactory):
     return study, image, label, provenance, files, root
 
 
+def _inputs(dicom_case, **changes: object) -> dict:
+    """The arguments of ``write_case_outputs`` for the DICOM case (``changes`` replace some)."""
+    _, image, label, provenance, files, _ = dicom_case
+    inputs = dict(image=image, label=label, spec=_spec(), provenance=provenance, source_dicom_files=files)
+    return {**inputs, **changes}
+
+
 def _no_temp_files(folder: Path) -> None:
     assert not [p.name for p in folder.rglob(f"{TEMP_PREFIX}*")]
 
@@ -84,11 +76,7 @@ def test_all_outputs_for_a_dicom_case(dicom_case, tmp_path: Path) -> None:
     out = tmp_path / "7f3a9c"
     written = write_case_outputs(
         out,
-        image=image,
-        label=label,
-        spec=_spec(),
-        provenance=provenance,
-        source_dicom_files=files,
+        **_inputs(dicom_case),
         timing={"infer_s": 0.25},
         uid_key=b"run-key",
         created=dt.datetime(2024, 1, 2, 3, 4, 5),
@@ -168,16 +156,7 @@ def test_all_outputs_for_a_dicom_case(dicom_case, tmp_path: Path) -> None:
 
 
 def test_seg_and_nifti_are_reproducible(dicom_case, tmp_path: Path) -> None:
-    _, image, label, provenance, files, _ = dicom_case
-    kwargs = dict(
-        image=image,
-        label=label,
-        spec=_spec(),
-        provenance=provenance,
-        source_dicom_files=files,
-        created=dt.datetime(2024, 1, 2),
-        formats=("seg", "nifti"),
-    )
+    kwargs = _inputs(dicom_case, created=dt.datetime(2024, 1, 2), formats=("seg", "nifti"))
     a = write_case_outputs(tmp_path / "a", **kwargs)
     b = write_case_outputs(tmp_path / "b", **kwargs)
     assert set(a) == {"nifti", "seg"}  # only the requested formats
@@ -186,23 +165,13 @@ def test_seg_and_nifti_are_reproducible(dicom_case, tmp_path: Path) -> None:
 
 
 def test_nifti_input_and_empty_label(dicom_case, tmp_path: Path) -> None:
-    _, image, label, provenance, files, _ = dicom_case
+    _, image, label, provenance, _, _ = dicom_case
     out = tmp_path / "case"
-    written = write_case_outputs(
-        out,
-        image=image,
-        label=label,
-        spec=_spec(),
-        provenance=provenance,
-        source_dicom_files=files,
-        formats=("seg",),
-    )
+    written = write_case_outputs(out, **_inputs(dicom_case), formats=("seg",))
     assert (out / "seg.dcm").is_file() and set(written) == {"seg"}
 
     empty = MetaTensor(torch.zeros_like(label.as_tensor()), meta=dict(label.meta))
-    written = write_case_outputs(
-        out, image=image, label=empty, spec=_spec(), provenance=provenance, source_dicom_files=files
-    )
+    written = write_case_outputs(out, **_inputs(dicom_case, label=empty))
     assert "seg" not in written and not (out / "seg.dcm").exists()  # the stale SEG is gone too
     report = json.loads(written["report"].read_text())
     assert any("no foreground" in note for note in report["notes"])

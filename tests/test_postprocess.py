@@ -8,7 +8,8 @@ import torch
 from monai.data import MetaTensor
 
 from medseg.errors import ConfigError
-from medseg.inference.postprocess import Postprocess, Postprocessd, largest_component, remove_small
+from medseg.inference.components import largest_component, remove_small
+from medseg.inference.postprocess import Postprocess, Postprocessd
 
 
 def _volume() -> np.ndarray:

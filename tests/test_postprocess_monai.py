@@ -2,7 +2,7 @@
 
 MONAI's ``KeepLargestConnectedComponent`` and ``RemoveSmallObjects`` need scikit-image, which medseg does not
 install; the comparisons skip without it (``pip install scikit-image`` to run them). The tests of medseg's side of each
-difference run always. See the module docstring of :mod:`medseg.inference.postprocess` and benchmarks/postprocess.py.
+difference run always. See the module docstring of :mod:`medseg.inference.components` and benchmarks/postprocess.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from medseg.inference.postprocess import largest_component, remove_small
+from medseg.inference.components import largest_component, remove_small
 
 
 def _random_map(rng: np.random.Generator, ndim: int, labels: int) -> np.ndarray:

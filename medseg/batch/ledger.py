@@ -104,8 +104,11 @@ class Ledger:
                 found = value
         return found
 
-    def bind(self, name: str, value: str, what: str) -> None:
+    def bind(self, name: str, value: str, what: str, earlier: Iterable[str] = ()) -> None:
         """Record ``value`` under ``name`` on first use; later uses must pass the same value.
+
+        ``earlier``: older spellings of the same value (e.g. a fingerprint in the form an older medseg computed);
+        one of them found recorded is replaced by ``value``.
 
         Raises:
             LedgerError: a different value was recorded (``what`` describes it in the message).
@@ -113,6 +116,9 @@ class Ledger:
         with self._transaction():
             found = self.get_meta(name)
             if found is None:
+                self._set_meta(name, value)
+            elif found != value and found in set(earlier):
+                logger.info("%s recorded in an earlier form: rewritten in the current one", name)
                 self._set_meta(name, value)
             elif found != value:
                 raise LedgerError(

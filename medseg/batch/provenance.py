@@ -1,8 +1,15 @@
 """What produced a batch run's outputs: model identity, weights hashes and result-changing settings.
 
 Built on :func:`medseg.outputs.model_provenance` (model name/version, checkpoint sha256, config hash) and computed
-once per run. It holds no run times and no input paths, so it is the same for every resumed run. The fingerprint
-binds an output folder to one model and its settings: the ledger refuses to mix results of two models.
+once per run. It holds no run times and no input paths, so it is the same for every resumed run.
+
+The fingerprint (:func:`run_fingerprint`) binds an output folder to one model and its settings: the ledger refuses
+to mix results of two models. It hashes what decides the label values: the weights, the network's architecture, the
+data contract (the only part of the spec inference reads) and the effective inference settings; not the training
+config or the version that trained the model, which are provenance. Older medseg hashed the whole spec, so a
+format-1 checkpoint, converted to a contract on loading, no longer matched the folders it had started;
+:func:`earlier_fingerprints` gives those earlier forms for the same model and settings, which the runner accepts once
+and replaces by the current one (``tests/test_checkpoint_legacy.py`` resumes a folder made by medseg at f2e0a9d).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batch_provenance", "run_fingerprint", "state_dict_sha256"]
+__all__ = ["batch_provenance", "earlier_fingerprints", "run_fingerprint", "state_dict_sha256"]
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
@@ -79,9 +86,51 @@ def batch_provenance(predictor: Any) -> dict[str, Any]:
     return info
 
 
-def run_fingerprint(provenance: dict[str, Any]) -> str:
-    """sha256 of what decides the label values: weights, spec and result-changing settings."""
+_SETTINGS = ("tta", "overlap", "postprocess")  # result-changing settings recorded in the provenance
+
+
+def _sha256_json(value: Any) -> str:
     from medseg.outputs.report import canonical_json
 
-    keys = ("state_dict_sha256", "spec_sha256", "tta", "overlap", "postprocess")
-    return hashlib.sha256(canonical_json({k: provenance.get(k) for k in keys}).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def _crop(predictor: Any) -> dict[str, Any] | None:
+    """The foreground crop rule the predictor applies (None: the whole grid)."""
+    crop = getattr(predictor, "crop", None)
+    return None if crop is None else {"threshold": float(crop.threshold), "margin": int(crop.margin)}
+
+
+def run_fingerprint(predictor: Any, provenance: dict[str, Any]) -> str:
+    """sha256 of what decides the label values (module docstring); ``provenance`` is the predictor's
+    :func:`batch_provenance`."""
+    spec = predictor.spec
+    return _sha256_json(
+        {
+            "state_dict_sha256": provenance["state_dict_sha256"],
+            "network": spec.network,
+            "contract": spec.contract.to_dict(),
+            **{k: provenance.get(k) for k in _SETTINGS},
+            "crop": _crop(predictor),
+        }
+    )
+
+
+def _spec_fingerprint(provenance: dict[str, Any], spec_data: dict[str, Any]) -> str:
+    """The fingerprint as medseg computed it until the contract-based one: over the whole spec data."""
+    earlier = {k: provenance.get(k) for k in ("state_dict_sha256", *_SETTINGS)}
+    return _sha256_json({**earlier, "spec_sha256": _sha256_json(spec_data)})
+
+
+def earlier_fingerprints(predictor: Any, provenance: dict[str, Any]) -> list[str]:
+    """The fingerprints older medseg wrote for this same model and settings: over the whole format-2 spec, and for
+    a model converted from format 1, over the format-1 spec as stored (what medseg computed before the contract).
+
+    Each holds the weights' hash and the settings as :func:`run_fingerprint` does, so a different model or
+    different settings match none of them.
+    """
+    spec = predictor.spec
+    found = [_spec_fingerprint(provenance, spec.to_dict())]
+    if getattr(spec, "format1", None) is not None:
+        found.append(_spec_fingerprint(provenance, spec.format1))
+    return found

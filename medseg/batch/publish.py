@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from medseg.atomic import TEMP_PREFIX
+from medseg.atomic import TEMP_PREFIX, fsync_path
 from medseg.batch.naming import KEY_FILE
 from medseg.errors import MedsegError
 from medseg.hashing import file_sha256 as sha256_file
@@ -137,21 +137,12 @@ def folder_matches(folder: Path, checksums: Mapping[str, str], required: Sequenc
     return True
 
 
-def _fsync_path(path: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def publish_folder(tmp: Path, final: Path) -> None:
     """Rename the complete temp folder ``tmp`` to ``final``, replacing an existing ``final``."""
     for sub, _dirs, names in os.walk(tmp):
         for name in names:
-            _fsync_path(Path(sub) / name)
-        _fsync_path(Path(sub))
+            fsync_path(Path(sub) / name)
+        fsync_path(Path(sub))
     if final.exists() or final.is_symlink():
         old = final.parent / f"{TEMP_PREFIX}old-{final.name}-{secrets.token_hex(4)}"
         os.rename(final, old)
@@ -162,4 +153,4 @@ def publish_folder(tmp: Path, final: Path) -> None:
             old.unlink(missing_ok=True)
     else:
         os.rename(tmp, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)

@@ -38,7 +38,7 @@ from medseg.batch.naming import keyed_name, load_or_create_key
 from medseg.batch.preflight import check_formats, check_model, check_paths
 from medseg.batch.process import ItemOutcome, RunContext, run_items
 from medseg.batch.progress import ProgressBar
-from medseg.batch.provenance import batch_provenance, run_fingerprint
+from medseg.batch.provenance import batch_provenance, earlier_fingerprints, run_fingerprint
 from medseg.batch.publish import clean_stale_temps, folder_matches, lock_output
 from medseg.batch.report import BatchSummary, QuarantineEntry, write_reports
 from medseg.batch.review import write_review_page
@@ -239,8 +239,9 @@ def segment_archive(
             _bind(
                 ledger,
                 "model_fingerprint",
-                run_fingerprint(provenance),
-                "model or inference settings (tta, overlap, postprocess)",
+                run_fingerprint(predictor, provenance),
+                "model or inference settings (tta, overlap, crop, postprocess)",
+                earlier=earlier_fingerprints(predictor, provenance),
             )
             found = discover(input_path, predictor.spec.contract.channels, key, exclude=[out])
             job = _Job(
@@ -288,9 +289,9 @@ def _local_devices(device: str, workers: int) -> list[str]:
     return worker_devices(device, workers, torch.cuda.device_count())
 
 
-def _bind(ledger: Ledger, name: str, value: str, what: str) -> None:
+def _bind(ledger: Ledger, name: str, value: str, what: str, earlier: Sequence[str] = ()) -> None:
     try:
-        ledger.bind(name, value, what)
+        ledger.bind(name, value, what, earlier)
     except LedgerError as exc:
         raise ConfigError(str(exc)) from None
 

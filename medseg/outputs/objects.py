@@ -6,7 +6,7 @@ case is written (so the page can be rebuilt from the reports alone)::
     {name: {"value": 1, "components": 3, "largest_voxels": 5120, "touches_border": true}}
 
 * ``components``: connected components of the label's voxels with full connectivity (26 neighbours in 3D, 8 in
-  2D), the default of the postprocessing (:mod:`medseg.inference.postprocess`); 0 for an empty label.
+  2D), the default of the postprocessing (:mod:`medseg.inference.components`); 0 for an empty label.
 * ``largest_voxels``: voxels of the largest component (0 when empty).
 * ``touches_border``: some voxel of the label lies on a face of the image grid (first or last index of a spatial
   axis): the object may be cut by the field of view.
@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg.plain import as_numpy
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LabelObjects", "label_objects"]
@@ -36,10 +38,6 @@ class LabelObjects:
 
     stats: dict[str, dict[str, Any]]
     largest: np.ndarray | None
-
-
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def _names(labels: Mapping[int, str]) -> dict[int, str]:
@@ -61,7 +59,7 @@ def label_objects(label: Any, labels: Mapping[int, str]) -> LabelObjects:
     """
     from scipy import ndimage
 
-    arr = _numpy(label)
+    arr = as_numpy(label)
     if arr.ndim not in (2, 3):
         raise ValueError(f"label map must be 2D or 3D without a channel axis, got shape {arr.shape}")
     if arr.dtype.kind == "b":

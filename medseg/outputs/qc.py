@@ -37,6 +37,7 @@ import numpy as np
 
 from medseg.atomic import atomic_write_bytes
 from medseg.outputs.report import label_counts
+from medseg.plain import as_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +99,8 @@ class QCImage:
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
 def _affine4(affine: Any) -> np.ndarray:
-    a = _numpy(affine).astype(np.float64)
+    a = as_numpy(affine).astype(np.float64)
     if a.shape == (4, 4):
         return a
     if a.shape == (3, 3):  # 2D -> 3D with a unit third axis
@@ -115,7 +112,7 @@ def _affine4(affine: Any) -> np.ndarray:
 
 def _spatial(image: Any, label: Any, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     """First image channel and the label without its channel axis, both 3D (a 2D pair gets a unit third axis)."""
-    img, lab = _numpy(image), _numpy(label)
+    img, lab = as_numpy(image), as_numpy(label)
     if lab.ndim == ndim + 1 and lab.shape[0] == 1:
         lab = lab[0]
     if img.ndim == ndim + 1:  # channel-first image: show the first channel
@@ -231,12 +228,12 @@ def render_qc(
     src = src if src is not None else getattr(image, "affine", None)
     if src is None:
         raise ValueError("no affine: pass affine= or MetaTensor inputs")
-    src_affine = _numpy(src)
+    src_affine = as_numpy(src)
     ndim = 2 if src_affine.shape == (3, 3) else 3
     img, lab = _spatial(image, label, ndim)
     target = None
     if focus is not None:
-        target = np.asarray(_numpy(focus), dtype=bool)
+        target = np.asarray(as_numpy(focus), dtype=bool)
         if target.shape != lab.shape[:ndim]:
             raise ValueError(
                 f"focus mask of shape {target.shape} is not on the label's grid {lab.shape[:ndim]}"

@@ -42,6 +42,7 @@ import numpy as np
 
 from medseg.atomic import atomic_write_text
 from medseg.hashing import file_sha256
+from medseg.plain import as_numpy, to_plain
 
 logger = logging.getLogger(__name__)
 
@@ -76,23 +77,9 @@ _UID_FIELDS = {
 
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace (tuples as lists, numpy scalars as numbers, paths as text)."""
-    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(to_plain(value, text_keys=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -155,17 +142,13 @@ def model_provenance(
     }
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
 def label_counts(label: Any) -> dict[int, int]:
     """Voxel count of every non-zero value of a label map.
 
     Small non-negative integer labels (the usual case) are counted with ``np.bincount`` over chunks of 4M voxels:
     one pass, no sort, bounded extra memory.
     """
-    arr = _numpy(label)
+    arr = as_numpy(label)
     if arr.size == 0:
         return {}
     lo, hi = int(arr.min()), int(arr.max())
@@ -187,8 +170,8 @@ def label_volumes(label: Any, affine: Any, labels: Mapping[int, str]) -> dict[st
     Raises:
         ValueError: the label map holds values that are not declared in ``labels``.
     """
-    arr = _numpy(label)
-    aff = _numpy(affine).astype(np.float64)
+    arr = as_numpy(label)
+    aff = as_numpy(affine).astype(np.float64)
     ndim = aff.shape[0] - 1
     if arr.ndim == ndim + 1 and arr.shape[0] == 1:  # channel-first
         arr = arr[0]
@@ -224,7 +207,7 @@ def describe_input(
     import nibabel.orientations as nio
 
     arr_shape = tuple(int(s) for s in image.shape[1:])
-    aff = _numpy(image.affine).astype(np.float64)
+    aff = as_numpy(image.affine).astype(np.float64)
     ndim = len(arr_shape)
     spacing = [float(v) for v in np.linalg.norm(aff[:ndim, :ndim], axis=0)]
     if ndim == 3:
@@ -275,15 +258,15 @@ def build_report(
         "format_version": REPORT_VERSION,
         "created": (created or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds"),
         "case_id": prov.get("case_id"),
-        "provenance": _plain(prov),
+        "provenance": to_plain(prov, text_keys=True),
         "input": describe_input(image, uid_key=uid_key, channels=spec.channel_names),
         "labels": label_volumes(label, image.affine, spec.labels),
         "timing": {str(k): float(v) for k, v in (timing or {}).items()},
-        "outputs": _plain(dict(outputs or {})),
+        "outputs": to_plain(dict(outputs or {}), text_keys=True),
         "notes": list(notes),
     }
     if objects is not None:
-        report["objects"] = _plain(dict(objects))
+        report["objects"] = to_plain(dict(objects), text_keys=True)
     return report
 
 
@@ -336,7 +319,7 @@ def write_report(
     report: Mapping[str, Any], json_path: str | os.PathLike, csv_path: str | os.PathLike | None = None
 ) -> list[Path]:
     """Write the report as indented JSON and, when ``csv_path`` is given, as a one-row CSV; both atomically."""
-    written = [atomic_write_text(json_path, json.dumps(_plain(report), indent=2, allow_nan=True) + "\n")]
+    written = [atomic_write_text(json_path, json.dumps(to_plain(report, text_keys=True), indent=2, allow_nan=True) + "\n")]
     if csv_path is not None:
         written.append(atomic_write_text(csv_path, _csv_text([report_row(report)])))
     return written

@@ -35,6 +35,7 @@ import numpy as np
 
 from medseg._version import __version__
 from medseg.outputs.report import label_counts
+from medseg.plain import as_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,8 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
     return [f for f in FORMATS if f in formats]
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
 def _check_label(image: Any, label: Any, labels: Mapping[int, str]) -> np.ndarray:
-    arr = _numpy(label)
+    arr = as_numpy(label)
     spatial = tuple(int(s) for s in image.shape[1:])
     if arr.ndim != len(spatial) + 1 or arr.shape[0] != 1 or tuple(arr.shape[1:]) != spatial:
         raise ValueError(
@@ -73,7 +70,7 @@ def _check_label(image: Any, label: Any, labels: Mapping[int, str]) -> np.ndarra
         raise ValueError("label map holds non-integer values")
     label_affine = getattr(label, "affine", None)
     if label_affine is not None:
-        diff = float(np.max(np.abs(_numpy(label_affine) - _numpy(image.affine))))
+        diff = float(np.max(np.abs(as_numpy(label_affine) - as_numpy(image.affine))))
         if diff > _AFFINE_TOL:
             raise ValueError(
                 f"label affine differs from the image's by {diff:.4g} mm; outputs need the input grid"

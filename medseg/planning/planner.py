@@ -30,6 +30,7 @@ import yaml
 from medseg.atomic import atomic_write_text
 from medseg.config import MedsegConfig, apply_overrides, deep_merge, from_dict, load_raw
 from medseg.errors import ConfigError
+from medseg.plain import to_plain
 from medseg.planning.calibrate import StepTiming, budget_epochs, measure_step
 from medseg.planning.fingerprint import CT_BODY_THRESHOLD, Fingerprint, compute_fingerprint
 from medseg.planning.geometry import median_shape, target_spacing
@@ -142,18 +143,7 @@ def _write_plan(path: Path, overlay: Mapping[str, Any], datalist: Path, fingerpr
         "# medseg plan: a config overlay (only the keys the plan decided), made from the dataset fingerprint\n"
         f"# {fingerprint_path.name} of {datalist.name}. Use: medseg train --config BASE.yaml --plan {path.name}\n"
     )
-    atomic_write_text(path, header + yaml.safe_dump(_plain(overlay), sort_keys=False))
-
-
-def _plain(value: Any) -> Any:
-    """YAML-ready data: tuples as lists, numpy scalars as Python numbers (mapping keys kept)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    atomic_write_text(path, header + yaml.safe_dump(to_plain(overlay), sort_keys=False))
 
 
 def make_plan(

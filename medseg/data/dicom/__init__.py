@@ -19,8 +19,9 @@ from medseg.data.dicom.geometry import StackGeometry, analyse_stack, axis_codes
 from medseg.data.dicom.header import read_image_headers, read_slice_header
 from medseg.data.dicom.reader import load_dicom_series, read_dicom, series_meta
 from medseg.data.dicom.records import SkippedFile, SliceHeader
-from medseg.data.dicom.scan import DicomScan, SeriesInfo, scan_dicom_files, scan_dicom_tree
+from medseg.data.dicom.scan import scan_dicom_files, scan_dicom_tree
 from medseg.data.dicom.select import SeriesRule, select_series
+from medseg.data.dicom.series import DicomScan, SeriesInfo
 
 __all__ = [
     "DicomScan",

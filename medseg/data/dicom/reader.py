@@ -44,8 +44,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medseg.data.dicom.elements import UNDEFINED_LENGTH, quiet_pydicom
 from medseg.data.dicom.records import SliceHeader, relative_name
-from medseg.data.dicom.scan import DicomScan, SeriesInfo, describe_problems, scan_dicom_tree
+from medseg.data.dicom.scan import scan_dicom_tree
 from medseg.data.dicom.select import SeriesRule, select_series
+from medseg.data.dicom.series import DicomScan, SeriesInfo, describe_problems
 from medseg.errors import InputError, ReasonCode
 
 logger = logging.getLogger(__name__)

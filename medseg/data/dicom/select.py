@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from medseg.data.dicom.scan import DicomScan, SeriesInfo, describe_problems
+from medseg.data.dicom.series import DicomScan, SeriesInfo, describe_problems
 from medseg.errors import ConfigError, InputError, ReasonCode
 
 __all__ = ["SeriesRule", "select_series"]

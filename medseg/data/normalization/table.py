@@ -12,24 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from medseg.data.normalization.normalizers import (
-    CTClipZScore,
-    CTWindow,
-    NoNormalization,
-    Normalizer,
-    PercentileClip,
-    ZScore,
-)
+from medseg.data.normalization import normalizers
+from medseg.data.normalization.normalizers import Normalizer
 from medseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 NORMALIZERS: dict[str, type[Normalizer]] = {
-    "ct_window": CTWindow,
-    "ct_clip_zscore": CTClipZScore,
-    "zscore": ZScore,
-    "percentile_clip": PercentileClip,
-    "none": NoNormalization,
+    "ct_window": normalizers.CTWindow,
+    "ct_clip_zscore": normalizers.CTClipZScore,
+    "zscore": normalizers.ZScore,
+    "percentile_clip": normalizers.PercentileClip,
+    "none": normalizers.NoNormalization,
 }
 
 
