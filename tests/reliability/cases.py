@@ -197,6 +197,21 @@ def _two_series(root: Path) -> Built:
     return Built(root)
 
 
+def _exported_twice(change: Callable[[pydicom.Dataset], object] | None = None) -> Callable[[Path], Built]:
+    """The series in ``first/`` and a copy in ``second/`` (same instances); ``change`` edits one copied slice."""
+
+    def build(root: Path) -> Built:
+        vol, aff, files = _series(root / "first")
+        (root / "second").mkdir()
+        for f in files:
+            (root / "second" / f.name).write_bytes(f.read_bytes())
+        if change is not None:
+            edit(root / "second" / files[5].name, change)
+        return Built(root, vol, aff)
+
+    return build
+
+
 def _localizer(root: Path) -> Built:
     uid = case_uid("tri-planar")
     for i, plane in enumerate(("axial", "coronal", "sagittal")):
@@ -428,6 +443,10 @@ CASES: list[Case] = [
          "NONUNIFORM_SPACING", "IM00005.dcm"),
     Case("dcm_duplicate_position", "two slices at one position", _with(_duplicate), "DUPLICATE_SLICE",
          "DUPLICATE_SLICE"),
+    Case("dcm_exported_twice", "the series exported twice (a byte-identical copy in a second folder)",
+         _exported_twice(), "OK", "OK"),
+    Case("dcm_copy_differs", "the same, one copied slice with another WindowCenter (same SOPInstanceUID)",
+         _exported_twice(_set("WindowCenter", 123)), "DUPLICATE_SLICE", "DUPLICATE_SLICE"),
     Case("dcm_two_series", "two series and no rule", _two_series, "AMBIGUOUS_SERIES", "OK", ".",
          segment="DONE x2"),
     Case("dcm_localizer_triplanar", "tri-planar localizer (3 one-slice orientations, one UID)", _localizer,

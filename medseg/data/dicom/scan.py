@@ -7,7 +7,8 @@ exactly as to files.
 The steps have their own modules: the grouping of slices into stacks, split by size, stack, orientation, echo and
 time or acquisition (:mod:`medseg.data.dicom.stacks`); each stack's sorting and geometry checks
 (:mod:`medseg.data.dicom.geometry`, giving a :class:`~medseg.data.dicom.series.SeriesInfo`); and the damaged or
-stray files that make a stack refuse to load (:mod:`medseg.data.dicom.damage`). Junk that is clearly not a slice
+stray files that make a stack refuse to load (:mod:`medseg.data.dicom.damage`). Byte-identical copies of one
+instance (a study exported twice) are read once (:mod:`medseg.data.dicom.copies`). Junk that is clearly not a slice
 (empty files, non-DICOM files, DICOMDIR, reports, SEG objects) is skipped with its reason.
 """
 
@@ -18,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from medseg.data.dicom.copies import drop_identical_copies
 from medseg.data.dicom.damage import add_damage_problems
 from medseg.data.dicom.header import read_image_headers
 from medseg.data.dicom.records import SkippedFile, SliceHeader, relative_name
@@ -66,7 +68,7 @@ def scan_dicom_files(
             headers.extend(result)
     series = [
         series_info(stack_id, group, root)
-        for stack_id, group in group_stacks(headers, split_stacks=split_stacks)
+        for stack_id, group in group_stacks(drop_identical_copies(headers), split_stacks=split_stacks)
     ]
     add_damage_problems(series, skipped, root)
     series.sort(
