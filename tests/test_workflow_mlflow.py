@@ -218,3 +218,21 @@ def test_segment_and_load_model_honour_mlflow_tracking_uri(dataset, tmp_path):
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
     assert predictor.model_name == "tiny-perfusion"
+
+
+def test_a_diverged_run_is_failed_in_mlflow_and_registers_nothing(dataset, tmp_path):
+    """A NaN loss stops training (TrainingDiverged): the MLflow run ends FAILED with the reason in its tags, its
+    loss history is kept, and no model version is registered."""
+    from medseg.training import TrainingDiverged
+
+    work = tmp_path / "work"
+    uri = resolve_tracking_uri(None, {}, work)
+    overrides = [*TINY, "train.lr=1e30", "train.optimizer=sgd", "train.grad_clip=null"]
+    with pytest.raises(TrainingDiverged, match="training diverged at epoch 0"):
+        train_and_register("configs/demo.yaml", work, tracking_uri=uri, datalist=dataset, overrides=overrides)
+    client = _client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("medseg-demo").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["medseg.status"] == "diverged" and "epoch 0" in run.data.tags["medseg.error"]
+    assert client.search_model_versions("name='tiny-perfusion'") == []
+    assert not (work / "checkpoints").exists() or not any((work / "checkpoints").glob("*.pt"))
