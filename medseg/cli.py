@@ -191,12 +191,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import os
 
     from medseg.tracking import TrackingUnavailableError
-    from medseg.tracking.spools import replay_spools, replay_tracking_uri
+    from medseg.tracking.spools import replay_spools
 
-    uri = replay_tracking_uri(args.path, args.tracking_uri, os.environ)
     lines = skipped = 0
     try:
-        for outcome in replay_spools(args.path, uri, force=args.force):
+        for outcome in replay_spools(args.path, args.tracking_uri, env=os.environ, force=args.force):
             print(outcome.line())
             lines, skipped = lines + 1, skipped + (outcome.result is None)
     except TrackingUnavailableError as exc:  # the store is down: nothing (more) sent, nothing marked replayed
@@ -338,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", help="a spool folder, or a training workdir")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: as medseg train chose it: the workdir config's "
-                   "tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlruns.db)")
+                   help="MLflow tracking URI (default: the store each run was tracked at; else the workdir "
+                   "config's tracking.uri, $MLFLOW_TRACKING_URI, sqlite:///WORKDIR/mlruns.db)")
     p.add_argument("--force", action="store_true",
                    help="replay spools already replayed, resending every call (what the run has is skipped)")
     p.set_defaults(func=cmd_replay)

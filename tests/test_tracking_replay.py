@@ -260,7 +260,7 @@ def test_a_spool_written_before_the_journal_is_replayed_whole(tmp_path, capsys):
             "kind": "run",
             "experiment": "old",
             "run_name": "old",
-            "tracking_uri": "http://x:5000",
+            "tracking_uri": "http://user:***@x:5000",  # stored without its password: not a usable default
             "created": 1000,
         },
         {"kind": "params", "params": {"a": "1"}},
@@ -271,7 +271,7 @@ def test_a_spool_written_before_the_journal_is_replayed_whole(tmp_path, capsys):
     (spool / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "met')
     assert [r["kind"] for r in read_spool(spool)] == ["run", "params", "metrics", "metrics", "artifact"]
     uri = resolve_tracking_uri(None, {}, tmp_path / "work")
-    assert main(["replay", str(spool)]) == 0  # default store: the workdir's
+    assert main(["replay", str(spool)]) == 0  # default store: the workdir's (the recorded one has no password)
     assert "sent 2 metrics, 1 params, 0 tags, 1 artifacts" in capsys.readouterr().out
     result = json.loads((spool / "replayed.json").read_text())
     client = _client(uri)
@@ -325,8 +325,16 @@ def test_replay_command_errors(tmp_path, capsys):
 
     outside = tmp_path / "elsewhere"
     spool.rename(outside)
+    assert main(["replay", str(outside)]) == 1  # no URI given: the run's own store, still down
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"medseg replay: cannot replay {outside}: no answer from http://127.0.0.1:")
+    records = [json.loads(line) for line in (outside / "records.jsonl").read_text().splitlines()]
+    for record in records:  # a URI stored without its password names no usable store
+        if "tracking_uri" in record:
+            record["tracking_uri"] = "http://user:***@127.0.0.1:1"
+    (outside / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(["replay", str(outside)]) == 2  # no workdir, no URI: which store is unknown
-    assert "name the store with --tracking-uri or MLFLOW_TRACKING_URI" in capsys.readouterr().err
+    assert "names no store a replay can log in to: name it with --tracking-uri" in capsys.readouterr().err
     assert main(["replay", str(outside), "--tracking-uri", sqlite]) == 0
     assert main(["replay", str(outside), "--tracking-uri", sqlite]) == 2
     assert "was already replayed into run" in capsys.readouterr().err
@@ -401,3 +409,26 @@ def test_replay_sends_to_the_store_the_workdir_trained_with(tmp_path, monkeypatc
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     assert replay_tracking_uri(work, None, env) == "http://configured:5000"
     assert replay_tracking_uri(work, " http://flag:1 ", env) == "http://flag:1"
+
+
+def test_replay_defaults_to_the_store_the_run_was_tracked_at(tmp_path, capsys, monkeypatch):
+    """Without --tracking-uri a spool goes back to the store its run was tracked at (recorded in its header), not
+    to the workdir's embedded store or MLFLOW_TRACKING_URI; --tracking-uri still overrides it."""
+    elsewhere = f"sqlite:///{(tmp_path / 'server' / 'mlruns.db').as_posix()}"
+    (tmp_path / "server").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(tmp_path / 'env.db').as_posix()}")
+    spools = []
+    for name in ("20250101T000000-a-00000001", "20250101T000000-b-00000002"):
+        spool = tmp_path / "work" / "mlflow-offline" / name
+        spool.mkdir(parents=True)
+        header = {"kind": "run", "experiment": "e", "run_name": name, "tracking_uri": elsewhere, "created": 1}
+        metric = {"kind": "metrics", "metrics": {"m": 1.0}, "step": 0, "timestamp": 2}
+        (spool / "records.jsonl").write_text(json.dumps(header) + "\n" + json.dumps(metric) + "\n")
+        spools.append(spool)
+    other = resolve_tracking_uri(None, {}, tmp_path / "other")
+    assert main(["replay", str(spools[1]), "--tracking-uri", other]) == 0
+    assert main(["replay", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "the run was tracked at" in out[0] and "tracked at" not in out[1]
+    assert len(_client(elsewhere).search_runs(["0"] + [e.experiment_id for e in _client(elsewhere).search_experiments()])) == 1
+    assert not (tmp_path / "env.db").exists() and not (tmp_path / "work" / "mlruns.db").exists()

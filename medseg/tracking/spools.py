@@ -62,9 +62,9 @@ def _workdir_config_uri(workdir: Path) -> str | None:
 
 
 def replay_tracking_uri(path: str | Path, explicit: str | None, env: Mapping[str, str]) -> str:
-    """The store ``medseg replay PATH`` sends to, as ``medseg train`` picked it: ``explicit``, else the workdir's
+    """The store ``medseg train`` would pick for the workdir of ``path``: ``explicit``, else the workdir's
     ``tracking.uri`` (its ``config.yaml``), else ``MLFLOW_TRACKING_URI`` in ``env``, else the workdir's embedded
-    store ``sqlite:///WORKDIR/mlruns.db``."""
+    store ``sqlite:///WORKDIR/mlruns.db``: where ``medseg replay`` sends a spool that does not name its own store."""
     if explicit and explicit.strip():
         return explicit.strip()
     _, workdir = spool_folders(path)
@@ -102,33 +102,61 @@ class SpoolReplay:
         return f"{self.folder}: {run}: sent {sent}{extra}"
 
 
+def recorded_uri(state: SpoolState) -> str | None:
+    """The store the spool's run was tracked at, from its header; ``None`` when absent or stored without its
+    password (``redact_uri``), which a replay could not log in with."""
+    uri = str(state.header.get("tracking_uri") or "").strip()
+    return uri if uri and ":***@" not in uri else None
+
+
 def replay_spools(
-    path: str | Path, tracking_uri: str, *, force: bool = False, timeout_s: float = 10.0
+    path: str | Path,
+    tracking_uri: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    force: bool = False,
+    timeout_s: float = 10.0,
 ) -> Iterator[SpoolReplay]:
     """``medseg replay PATH``: replay one spool folder, or every spool of a workdir not replayed yet.
 
+    Each spool goes to ``tracking_uri`` when given, else to the store its run was tracked at
+    (:func:`recorded_uri`), else to the store ``medseg train`` would pick for its workdir with the environment
+    ``env`` (:func:`replay_tracking_uri`).
+
     Raises ``SpoolError`` for a bad ``path`` and for a single spool that cannot be replayed (still in use, already
-    replayed); in a workdir such spools are reported as skipped. ``TrackingUnavailableError`` (before anything is
-    sent) when the store does not answer.
+    replayed, no store to send it to); in a workdir such spools are reported as skipped.
+    ``TrackingUnavailableError`` (before anything of that spool is sent) when its store does not answer.
     """
     folders, _ = spool_folders(path)
     single = (Path(path) / RECORDS_FILE).is_file()
-    status = check_tracking(tracking_uri, timeout_s)
-    if not status.ok:
-        raise TrackingUnavailableError(f"cannot replay {path}: {status.detail}")
-    target = redact_uri(tracking_uri)
+    answered: set[str] = set()
+    try:
+        fallback_uri: str | None = replay_tracking_uri(path, None, env or {})
+    except SpoolError:  # not in a workdir, and no MLFLOW_TRACKING_URI: only spools that name their store
+        fallback_uri = None
     for folder in folders:
         state = inspect_spool(folder)
         if not single and state.replayed is not None and not force:
             continue
         recorded = state.header.get("tracking_uri")
+        uri = tracking_uri or recorded_uri(state) or fallback_uri
         try:
-            result = replay_offline(folder, tracking_uri, timeout_s=timeout_s, force=force)
+            if uri is None:
+                raise SpoolError(
+                    f"{folder}: the spool names no store a replay can log in to: name it with --tracking-uri"
+                )
+            if uri not in answered:
+                status = check_tracking(uri, timeout_s)
+                if not status.ok:
+                    raise TrackingUnavailableError(f"cannot replay {folder}: {status.detail}")
+                answered.add(uri)
+            result = replay_offline(folder, uri, timeout_s=timeout_s, force=force)
         except SpoolError as exc:
             if single:
                 raise
             yield SpoolReplay(folder, skipped=str(exc))
             continue
+        target = redact_uri(uri)
         yield SpoolReplay(folder, result, recorded_for=recorded if recorded and recorded != target else None)
 
 

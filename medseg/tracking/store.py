@@ -138,7 +138,9 @@ def _probe_http(uri: str, timeout_s: float) -> str | None:
         return None  # the server answered (maybe 401/404 behind a proxy): it is reachable
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return f"no answer from {redact_uri(url)} within {timeout_s:g} s: {reason}"
+        if isinstance(reason, TimeoutError | socket.timeout) or "timed out" in str(reason):
+            return f"no answer from {redact_uri(url)} within {timeout_s:g} s"
+        return f"no answer from {redact_uri(url)}: {reason}"
 
 
 def check_tracking(uri: str, timeout_s: float) -> Connectivity:
