@@ -2,7 +2,8 @@
 
 A 50-series synthetic CT archive (``--series``) is segmented with the thresholding model (a short sleep per window
 so that kills land mid-case). ``--kills`` times, a ``medseg segment`` process is started on the same output folder
-and SIGKILLed after a seeded delay; a last run completes the folder. Printed: the number of kills that landed while
+and SIGKILLed once it has finished a case of its own, after a seeded delay of up to one case's time (so the
+kills land mid-run on fast and slow machines alike); a last run completes the folder. Printed: the number of kills that landed while
 the run was computing, cases recomputed because a kill caught them in flight (ledger attempts beyond one, per kill),
 temp files left after the final run, duplicate ledger rows, and whether every output's SHA-256 equals the clean
 run's (label maps; reports carry timings).
@@ -45,6 +46,14 @@ def _rows(out: Path) -> list[tuple]:
         return conn.execute("SELECT key, status, attempts, checksums FROM items").fetchall()
 
 
+def _done_count(out: Path) -> int:
+    """DONE items in the ledger so far (0 while it does not exist or is busy)."""
+    try:
+        return sum(1 for r in _rows(out) if r[1] == "DONE")
+    except (sqlite3.Error, FileNotFoundError):
+        return 0
+
+
 def _segment(archive: Path, out: Path, model: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", RUN.format(tests=str(REPO / "tests")), "segment", str(archive), str(out),
@@ -59,18 +68,12 @@ def _labels(out: Path) -> dict[str, str]:
     return {p.parent.name: file_sha256(p) for p in out.glob("*/label.nii.gz")}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", type=int, default=50)
-    parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-
+def kill_and_resume(series: int, kills: int, seed: int, work: Path) -> dict:
+    """Segment ``series`` studies once cleanly and once through ``kills`` seeded SIGKILLs plus a last run; the
+    figures printed by this benchmark (``tests/test_batch_kill_resume.py`` runs a smaller one in CI)."""
     from test_batch_support import save_threshold_checkpoint, write_archive
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="medseg-kill-"))
-    archive = write_archive(work / "archive", n_good=args.series, bad=False).root
+    archive = write_archive(work / "archive", n_good=series, bad=False).root
     model = save_threshold_checkpoint(work / "model.pt", delay_s=0.05)
     clean_out, out = work / "clean", work / "killed"
     start = time.perf_counter()
@@ -79,11 +82,18 @@ def main() -> int:
     clean_s = time.perf_counter() - start
     out.mkdir(parents=True)  # the same naming key, so that case folders are named alike in both outputs
     (out / ".medseg-name-key").write_bytes((clean_out / ".medseg-name-key").read_bytes())
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     landed, done_before = 0, []
-    for _ in range(args.kills):
+    per_case_s = clean_s / series
+    for _ in range(kills):
         proc = _segment(archive, out, model)
-        time.sleep(float(rng.uniform(3.0, 3.0 + clean_s / 4)))  # past start-up (imports), somewhere in the run
+        # past start-up (imports, model) whatever this machine's speed: once the run finished a case of its own,
+        # then a seeded delay of up to one case's time, so that the kill catches a case anywhere in its work
+        target = (done_before[-1] if done_before else 0) + 1
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and _done_count(out) < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, per_case_s)))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             landed += 1
@@ -96,8 +106,8 @@ def main() -> int:
     recomputed = sum(max(0, r[2] - 1) for r in rows)
     temps = [p for p in out.rglob(".medseg-tmp*")]
     clean_labels, killed_labels = _labels(clean_out), _labels(out)
-    print(json.dumps({
-        "series": args.series, "kills": args.kills, "kills that landed mid-run": landed,
+    return {
+        "series": series, "kills": kills, "kills that landed mid-run": landed,
         "DONE after each kill": done_before,
         "final exit code": final.returncode,
         "ledger rows": len(rows), "duplicate rows": len(rows) - len({r[0] for r in rows}),
@@ -105,11 +115,27 @@ def main() -> int:
         "cases recomputed (in flight at a kill)": recomputed,
         "recomputed per landed kill": round(recomputed / max(landed, 1), 2),
         "temp files left": len(temps),
-        "label maps identical to the clean run": killed_labels == clean_labels,
+        "label maps": len(killed_labels),
+        "label maps identical to the clean run": killed_labels == clean_labels and len(clean_labels) == series,
         "clean run seconds": round(clean_s, 1),
         "workdir": str(work),
-    }, indent=2))  # fmt: skip
-    ok = final.returncode == 0 and not temps and killed_labels == clean_labels and len(rows) == len(killed_labels)
+    }  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=50)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="medseg-kill-"))
+    result = kill_and_resume(args.series, args.kills, args.seed, work)
+    print(json.dumps(result, indent=2))
+    ok = (
+        result["final exit code"] == 0 and result["temp files left"] == 0
+        and result["label maps identical to the clean run"] and result["ledger rows"] == result["label maps"]
+    )  # fmt: skip
     return 0 if ok else 1
 
 

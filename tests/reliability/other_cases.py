@@ -74,6 +74,9 @@ OTHER_CASES: list[OtherCase] = [
     OtherCase(FAULT, "batch killed (SIGKILL) midway, then run again",
               "the rerun keeps the DONE items and ends with the clean run's outputs; no temp files",
               _B + "test_sigkill_midway_then_rerun_gives_the_clean_run_outputs"),
+    OtherCase(FAULT, "batch SIGKILLed at 5 seeded points (20 series; the benchmark: 20 kills of 50), resumed each time",
+              "labels identical to a clean run; no temp file, no duplicate row, nothing DONE lost; <= 1 case redone "
+              "per kill", "tests/test_batch_kill_resume.py::test_seeded_kills_then_resume_give_the_clean_run_outputs"),
     OtherCase(FAULT, "batch stopped with SIGTERM", "exit 143, the case in flight rolled back, reports written",
               _BF + "test_sigterm_rolls_back_the_case_in_flight_and_writes_the_reports"),
     OtherCase(FAULT, "a case that raises an unexpected error",
