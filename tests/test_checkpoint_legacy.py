@@ -161,7 +161,12 @@ def test_an_output_folder_of_an_older_medseg_refuses_another_model_or_settings(t
     torch.save(payload, other)
     assert payload["format_version"] == 1
 
-    for model, options in ((other, InferenceOptions(device="cpu")), (MODEL, InferenceOptions(device="cpu", tta=True))):
+    settings = (
+        (other, InferenceOptions(device="cpu")),
+        (MODEL, InferenceOptions(device="cpu", tta=True)),
+        (MODEL, InferenceOptions(device="cpu", crop_foreground=False)),  # older fingerprints did not hold the crop
+    )
+    for model, options in settings:
         with pytest.raises(ConfigError, match="different model or inference settings"):
             segment_archive(root, out, model, options, formats=("nifti",), progress=False)
         assert _ledger(out) == before  # nothing recorded, the old fingerprint kept

@@ -95,10 +95,14 @@ def _sha256_json(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
+def _crop_rule(crop: Any) -> dict[str, Any] | None:
+    """A foreground crop rule as data (None: the whole grid)."""
+    return None if crop is None else {"threshold": float(crop.threshold), "margin": int(crop.margin)}
+
+
 def _crop(predictor: Any) -> dict[str, Any] | None:
     """The foreground crop rule the predictor applies (None: the whole grid)."""
-    crop = getattr(predictor, "crop", None)
-    return None if crop is None else {"threshold": float(crop.threshold), "margin": int(crop.margin)}
+    return _crop_rule(getattr(predictor, "crop", None))
 
 
 def run_fingerprint(predictor: Any, provenance: dict[str, Any]) -> str:
@@ -127,9 +131,12 @@ def earlier_fingerprints(predictor: Any, provenance: dict[str, Any]) -> list[str
     a model converted from format 1, over the format-1 spec as stored (what medseg computed before the contract).
 
     Each holds the weights' hash and the settings as :func:`run_fingerprint` does, so a different model or
-    different settings match none of them.
+    different settings match none of them. They did not hold the crop: none is offered unless the predictor crops
+    as the model was trained (the default), so a folder started by older medseg refuses another crop setting.
     """
     spec = predictor.spec
+    if _crop(predictor) != _crop_rule(spec.contract.crop):
+        return []
     found = [_spec_fingerprint(provenance, spec.to_dict())]
     if getattr(spec, "format1", None) is not None:
         found.append(_spec_fingerprint(provenance, spec.format1))
