@@ -84,7 +84,9 @@ def kill_and_resume(series: int, kills: int, seed: int, work: Path) -> dict:
     (out / ".medseg-name-key").write_bytes((clean_out / ".medseg-name-key").read_bytes())
     rng = np.random.default_rng(seed)
     landed, done_before = 0, []
-    per_case_s = clean_s / series
+    with contextlib.closing(sqlite3.connect(f"file:{clean_out / 'medseg-ledger.sqlite'}?mode=ro", uri=True)) as conn:
+        totals = [t for (t,) in conn.execute("SELECT seconds_total FROM items WHERE status = 'DONE'") if t]
+    per_case_s = float(np.median(totals)) if totals else clean_s / series  # start-up excluded
     for _ in range(kills):
         proc = _segment(archive, out, model)
         # past start-up (imports, model) whatever this machine's speed: once the run finished a case of its own,

@@ -212,6 +212,17 @@ def _exported_twice(change: Callable[[pydicom.Dataset], object] | None = None) -
     return build
 
 
+def _backup_without_the_damaged_slice(root: Path) -> Built:
+    """``original/`` with its end slice cut before SeriesInstanceUID, and ``a_backup/`` (read first) holding
+    byte-identical copies of the 11 readable slices: the backup must not hide the damage."""
+    vol, aff, files = _series(root / "original")
+    (root / "a_backup").mkdir()
+    for f in files[1:]:
+        (root / "a_backup" / f.name).write_bytes(f.read_bytes())
+    _cut_before_uid(files, root)
+    return Built(root, vol, aff)
+
+
 def _localizer(root: Path) -> Built:
     uid = case_uid("tri-planar")
     for i, plane in enumerate(("axial", "coronal", "sagittal")):
@@ -447,6 +458,8 @@ CASES: list[Case] = [
          _exported_twice(), "OK", "OK"),
     Case("dcm_copy_differs", "the same, one copied slice with another WindowCenter (same SOPInstanceUID)",
          _exported_twice(_set("WindowCenter", 123)), "DUPLICATE_SLICE", "DUPLICATE_SLICE"),
+    Case("dcm_backup_hides_damage", "a backup copy of 11 slices beside the original whose 12th slice is cut",
+         _backup_without_the_damaged_slice, "TRUNCATED_HEADER", "TRUNCATED_HEADER", "original/IM00001.dcm"),
     Case("dcm_two_series", "two series and no rule", _two_series, "AMBIGUOUS_SERIES", "OK", ".",
          segment="DONE x2"),
     Case("dcm_localizer_triplanar", "tri-planar localizer (3 one-slice orientations, one UID)", _localizer,

@@ -23,7 +23,7 @@ from medseg.data.dicom.records import SkippedFile, SliceHeader, relative_name
 from medseg.data.dicom.series import SeriesInfo
 from medseg.errors import Problem, ReasonCode
 
-__all__ = ["MAY_BE_A_SLICE", "SLICE_DAMAGE", "add_damage_problems", "stray_slices"]
+__all__ = ["MAY_BE_A_SLICE", "SLICE_DAMAGE", "add_damage_problems", "folders_with_lost_slices", "stray_slices"]
 
 # codes of unattributed skipped files that may be a lost slice of a series in their folder
 MAY_BE_A_SLICE = frozenset({ReasonCode.TRUNCATED_HEADER, ReasonCode.UNREADABLE})
@@ -40,6 +40,11 @@ def _may_be_a_slice(skipped: SkippedFile) -> bool:
         return False
     suffix = Path(skipped.problem.path).suffix.lower()
     return suffix in _SLICE_SUFFIXES or suffix[1:].isdigit()
+
+
+def folders_with_lost_slices(skipped: Sequence[tuple[Path, SkippedFile]]) -> set[Path]:
+    """Folders holding a skipped file that may be a lost slice (:func:`_may_be_a_slice`)."""
+    return {folder for folder, result in skipped if _may_be_a_slice(result)}
 
 
 _VALID_UID = re.compile(r"[0-9]+(\.[0-9]+)*")

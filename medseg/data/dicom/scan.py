@@ -7,9 +7,9 @@ exactly as to files.
 The steps have their own modules: the grouping of slices into stacks, split by size, stack, orientation, echo and
 time or acquisition (:mod:`medseg.data.dicom.stacks`); each stack's sorting and geometry checks
 (:mod:`medseg.data.dicom.geometry`, giving a :class:`~medseg.data.dicom.series.SeriesInfo`); and the damaged or
-stray files that make a stack refuse to load (:mod:`medseg.data.dicom.damage`). Byte-identical copies of one
-instance (a study exported twice) are read once (:mod:`medseg.data.dicom.copies`). Junk that is clearly not a slice
-(empty files, non-DICOM files, DICOMDIR, reports, SEG objects) is skipped with its reason.
+stray files that make a stack refuse to load (:mod:`medseg.data.dicom.damage`). A folder that repeats slices of
+another byte for byte (a study exported twice) is read once (:mod:`medseg.data.dicom.copies`). Junk that is
+clearly not a slice (empty files, non-DICOM files, DICOMDIR, reports, SEG objects) is skipped with its reason.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from medseg.data.dicom.copies import drop_identical_copies
-from medseg.data.dicom.damage import add_damage_problems
+from medseg.data.dicom.copies import drop_copied_folders
+from medseg.data.dicom.damage import add_damage_problems, folders_with_lost_slices
 from medseg.data.dicom.header import read_image_headers
 from medseg.data.dicom.records import SkippedFile, SliceHeader, relative_name
 from medseg.data.dicom.series import DicomScan, series_info
@@ -66,9 +66,10 @@ def scan_dicom_files(
             skipped.append((Path(f).absolute().parent, lost))
         else:
             headers.extend(result)
+    headers = drop_copied_folders(headers, keep_folders=folders_with_lost_slices(skipped))
     series = [
         series_info(stack_id, group, root)
-        for stack_id, group in group_stacks(drop_identical_copies(headers), split_stacks=split_stacks)
+        for stack_id, group in group_stacks(headers, split_stacks=split_stacks)
     ]
     add_damage_problems(series, skipped, root)
     series.sort(
