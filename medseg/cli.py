@@ -197,7 +197,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         for outcome in replay_spools(args.path, args.tracking_uri, env=os.environ, force=args.force):
             print(outcome.line())
-            lines, skipped = lines + 1, skipped + (outcome.result is None)
+            lines, skipped = lines + 1, skipped + (outcome.result is None and not outcome.in_use)
     except TrackingUnavailableError as exc:  # the store is down: nothing (more) sent, nothing marked replayed
         print(f"medseg replay: {exc}", file=sys.stderr)
         return EXIT_FAILED

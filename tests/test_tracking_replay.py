@@ -310,10 +310,9 @@ def test_replay_command_errors(tmp_path, capsys):
         assert (
             err.startswith(f"medseg replay: {spool} is in use by pid {os.getpid()} on ") and "\n" not in err
         )
-        assert (
-            main(["replay", str(tmp_path / "work"), "--tracking-uri", sqlite]) == 1
-        )  # in a workdir: skipped
-        assert "skipped: " in capsys.readouterr().out
+        # in a workdir: listed as in use, not a failure (a training in progress there is no reason for exit 1)
+        assert main(["replay", str(tmp_path / "work"), "--tracking-uri", sqlite]) == 0
+        assert capsys.readouterr().out == f"{spool}: in use: its run (pid {os.getpid()} on {socket.gethostname()}) is still running: not replayed\n"
     finally:
         live.end()
     journal = (spool / "records.jsonl").read_text()
@@ -390,25 +389,39 @@ def test_the_lock_dies_with_the_runs_process_not_with_forked_workers(tmp_path):
         worker.join(10)
 
 
-def test_replay_sends_to_the_store_the_workdir_trained_with(tmp_path, monkeypatch):
-    """``medseg replay WORKDIR`` picks the store as ``medseg train`` did: the flag, else the workdir config's
-    ``tracking.uri``, else MLFLOW_TRACKING_URI, else the workdir's embedded SQLite store."""
+def test_replay_sends_to_the_store_the_workdir_trained_with(tmp_path, monkeypatch, capsys):
+    """``medseg replay WORKDIR`` of a spool whose recorded store is unusable (stored without its password) picks the
+    store as ``medseg train`` did: the flag, else the workdir config's ``tracking.uri``, else MLFLOW_TRACKING_URI,
+    else the workdir's embedded SQLite store."""
     import yaml
 
     from medseg.config import load_config, to_dict
-    from medseg.tracking.spools import replay_tracking_uri
 
     work = tmp_path / "work"
-    (work / "mlflow-offline").mkdir(parents=True)
     config = to_dict(load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"))
-    env = {"MLFLOW_TRACKING_URI": "http://from-env:5000"}
+    uris = {name: f"sqlite:///{(tmp_path / f'{name}.db').as_posix()}" for name in ("env", "configured", "flag")}
+    uris["embedded"] = resolve_tracking_uri(None, {}, work)
+
+    def replay(*extra: str) -> set[str]:
+        """Replay a fresh spool (a redacted recorded URI); the stores that hold a run afterwards."""
+        folder = work / "mlflow-offline" / f"s{len(list((work / 'mlflow-offline').glob('s*')))}"
+        header = {"kind": "run", "experiment": "e", "run_name": "r", "tracking_uri": "http://u:***@127.0.0.1:1"}
+        _write_spool(folder, [header, {"kind": "metrics", "metrics": {"m": 1.0}, "step": 0, "timestamp": 1}])
+        assert main(["replay", str(work), *extra]) == 0
+        assert f"{folder}: run " in capsys.readouterr().out
+        return json.loads((folder / "replayed.json").read_text())["tracking_uri"]
+
+    (work / "mlflow-offline").mkdir(parents=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    assert replay_tracking_uri(work, None, env) == "http://from-env:5000"
-    assert replay_tracking_uri(work, None, {}) == f"sqlite:///{work.resolve().as_posix()}/mlruns.db"
-    config["tracking"]["uri"] = "http://configured:5000"
+    assert replay() == uris["embedded"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uris["env"])
+    assert replay() == uris["env"]
+    config["tracking"]["uri"] = uris["configured"]
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    assert replay_tracking_uri(work, None, env) == "http://configured:5000"
-    assert replay_tracking_uri(work, " http://flag:1 ", env) == "http://flag:1"
+    assert replay() == uris["configured"]
+    assert replay("--tracking-uri", uris["flag"]) == uris["flag"]
+    for name in ("env", "configured", "flag"):
+        assert len(_client(uris[name]).search_runs([_client(uris[name]).get_experiment_by_name("e").experiment_id])) == 1
 
 
 def test_replay_defaults_to_the_store_the_run_was_tracked_at(tmp_path, capsys, monkeypatch):
@@ -432,3 +445,203 @@ def test_replay_defaults_to_the_store_the_run_was_tracked_at(tmp_path, capsys, m
     assert len(out) == 2 and "the run was tracked at" in out[0] and "tracked at" not in out[1]
     assert len(_client(elsewhere).search_runs(["0"] + [e.experiment_id for e in _client(elsewhere).search_experiments()])) == 1
     assert not (tmp_path / "env.db").exists() and not (tmp_path / "work" / "mlruns.db").exists()
+
+
+def _write_spool(folder: Path, records: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_a_call_the_store_rejects_is_recorded_and_later_spools_are_still_replayed(tmp_path, capsys):
+    """A changed parameter value (INVALID_PARAMETER_VALUE: no replay could ever send it) is acked with the reason and
+    the rest of its spool lands; in a workdir an unreadable spool is its own line and the next spools are replayed."""
+    work = tmp_path / "work"
+    uri = resolve_tracking_uri(None, {}, work)
+    bad = work / "mlflow-offline" / "20250101T000000-bad-00000000"
+    bad.mkdir(parents=True)
+    (bad / "records.jsonl").write_bytes(b"\xff\xfe not a journal\n")
+    with RunLogger(TrackingConfig(), uri, work / "mlflow-offline").start("p", {"lr": 0.1}) as run:
+        run.log_params({"lr": 0.2})  # rejected by the store: kept for a replay
+        run.log_metrics({"m": 1.0}, 0)
+    spool = Path(run.report()["spool_dir"])
+    later = _write_spool(
+        work / "mlflow-offline" / "29990101T000000-later-00000001",
+        [{"kind": "run", "run_name": "later", "tracking_uri": uri, "created": 1},
+         {"kind": "metrics", "metrics": {"x": 2.0}, "step": 0, "timestamp": 2, "seq": 1}],
+    )  # fmt: skip
+    assert main(["replay", str(work)]) == 1  # the unreadable spool failed; the others were replayed
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[0].startswith(f"{bad}: skipped: ") and "cannot be read" in out[0]
+    assert out[1].startswith(f"{spool}: run {run.run_id} (continued, FINISHED)")
+    assert out[1].endswith("sent 0 metrics, 0 params, 0 tags, 0 artifacts; 1 rejected by the store")
+    assert out[2].startswith(f"{later}: run ") and "sent 1 metrics" in out[2]
+    acks = [json.loads(line) for line in (spool / "records.jsonl").read_text().splitlines()]
+    rejected = [a for a in acks if a["kind"] == "ack" and "rejected" in a]
+    assert len(rejected) == 1 and rejected[0]["rejected"].startswith("INVALID_PARAMETER_VALUE: Changing param")
+    assert inspect_spool(spool).unsent == [] and (spool / "replayed.json").is_file()
+    assert _client(uri).get_run(run.run_id).data.params == {"lr": "0.1"}
+    assert main(["replay", str(work)]) == 1 and len(capsys.readouterr().out.splitlines()) == 1  # only the bad one
+
+
+ENOSPC_CHILD = r"""
+import json, logging, os, resource, signal, sys
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
+from medseg.tracking import RunLogger, TrackingConfig
+from medseg.tracking.journal import _HELD_LOCKS
+tmp, uri = Path(sys.argv[1]), sys.argv[2]
+png = tmp / "qc.png"; png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 100000)
+run = RunLogger(TrackingConfig(timeout_s=2.0), uri, tmp / "mlflow-offline").start("full")
+run.log_metrics({"m": 0.0}, 0)
+assert run.offline
+journal = next((tmp / "mlflow-offline").iterdir()) / "records.jsonl"
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (journal.stat().st_size + 10, hard))  # the disk fills up
+run.log_metrics({"m": 1.0}, 1)
+run.log_image(png)  # its copy fails: counted as lost, not raised
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space is freed
+run.log_metrics({"m": 2.0}, 2)
+resource.setrlimit(resource.RLIMIT_FSIZE, (journal.stat().st_size + 10, hard))  # full again until the end
+run.log_metrics({"m": 3.0}, 3)
+run.end()
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+print(json.dumps({"state": run._spool._state, "locks": sorted(_HELD_LOCKS), "lock_fd": run._spool._lock_fd,
+                  "lost": run.report()["lost"], "journal": str(journal)}))
+"""
+
+
+def test_a_full_disk_never_raises_into_training_nor_duplicates_a_record(tmp_path):
+    """RLIMIT_FSIZE stands in for a full disk: the run ends normally (lock released, spool closed), the failed records
+    are counted as lost, and the journal never holds two calls with one seq (nothing buffered comes back later)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    args = [sys.executable, "-c", ENOSPC_CHILD, str(tmp_path), f"http://127.0.0.1:{_closed_port()}"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["state"] == "closed" and report["locks"] == [] and report["lock_fd"] is None
+    assert report["lost"] == {"metrics": 2, "artifacts": 1, "run_end": 1}
+    assert "Traceback" not in done.stderr
+    calls = [r for r in read_spool(Path(report["journal"]).parent)[1:]]
+    assert [(r["seq"], r["step"]) for r in calls] == [(1, 0), (2, 2)]
+
+
+def test_replay_does_not_kill_a_run_that_finished(tmp_path):
+    """A spool without end record (old format, or its end's ack was lost) whose run the store has as FINISHED keeps
+    that status; only a run still RUNNING in the store is closed as KILLED."""
+    uri = resolve_tracking_uri(None, {}, tmp_path / "store")
+    client = _client(uri)
+    experiment = client.create_experiment("e")
+    run_id = client.create_run(experiment, run_name="r").info.run_id
+    client.set_terminated(run_id, "FINISHED", end_time=5000)
+    running = client.create_run(experiment, run_name="k").info.run_id
+    for name, rid in (("done", run_id), ("alive", running)):
+        _write_spool(
+            tmp_path / name,
+            [{"kind": "run", "experiment": "e", "run_name": "r", "tracking_uri": uri, "run_id": rid},
+             {"kind": "metrics", "metrics": {"m": 1.0}, "step": 3, "timestamp": 4000}],
+        )  # fmt: skip
+    assert replay_offline(tmp_path / "done", uri)["status"] == "FINISHED"
+    assert (client.get_run(run_id).info.status, client.get_run(run_id).info.end_time) == ("FINISHED", 5000)
+    assert _history(client, run_id, "m") == [(3, 1.0)]
+    assert replay_offline(tmp_path / "alive", uri)["status"] == "KILLED"
+    assert (client.get_run(running).info.status, client.get_run(running).info.end_time) == ("KILLED", 4000)
+
+
+def test_a_relative_store_uri_is_recorded_absolute(tmp_path, monkeypatch, capsys):
+    """The header names the store absolutely (a replay from another directory sends to the same database); an old
+    spool with a relative URI is not sent to a database relative to the replay's directory."""
+    from medseg.tracking.store import absolute_uri
+
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path / "proj")
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{(tmp_path / 'proj' / 'mlflow.db').as_posix()}"
+    assert absolute_uri("file:mlruns") == (tmp_path / "proj" / "mlruns").as_uri()
+    assert absolute_uri("mlruns") == (tmp_path / "proj" / "mlruns").as_posix()
+    assert absolute_uri(dead) == dead and absolute_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    with RunLogger(TrackingConfig(), "sqlite:///mlflow.db", tmp_path / "work" / "mlflow-offline").start("r") as run:
+        spool = Path(run._spool.folder)
+        assert inspect_spool(spool).header["tracking_uri"] == f"sqlite:///{(tmp_path / 'proj' / 'mlflow.db').as_posix()}"
+    old = _write_spool(
+        tmp_path / "work" / "mlflow-offline" / "old",
+        [{"kind": "run", "run_name": "r", "tracking_uri": "sqlite:///mlflow.db"},
+         {"kind": "metrics", "metrics": {"m": 1.0}, "step": 0, "timestamp": 1, "seq": 1}],
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path / "home")
+    assert main(["replay", str(old)]) == 0
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.db")) == [
+        "proj/mlflow.db", "work/mlruns.db"
+    ]  # the workdir's store, as `medseg train` would pick it; nothing created in home/
+
+
+def test_a_file_system_without_flock_keeps_the_journal_and_tells_live_runs_by_pid(tmp_path, monkeypatch, capsys):
+    """flock answering ENOSYS (Lustre without -o flock): the journal works unlocked; a replay refuses a spool whose
+    process lives on this host, replays one whose process is gone, and one of another host only with --force."""
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    sqlite = resolve_tracking_uri(None, {}, tmp_path / "store")
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    run = RunLogger(TrackingConfig(timeout_s=2.0), dead, tmp_path / "work" / "mlflow-offline").start("r", {"a": 1})
+    run.log_metrics({"m": 1.0}, 0)
+    assert run.offline
+    spool = Path(run.report()["spool_dir"])
+    assert main(["replay", str(spool), "--tracking-uri", sqlite]) == 2
+    assert "its run (pid" in capsys.readouterr().err
+    run.end()
+    assert run.report()["lost"] == {} and run.report()["not_logged"] == {"params": 1, "metrics": 1, "run_end": 1}
+    assert main(["replay", str(spool), "--tracking-uri", sqlite]) == 0  # ended: its end record says so
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    metric = {"kind": "metrics", "metrics": {"m": 1.0}, "step": 0, "timestamp": 1, "seq": 1}
+    killed = _write_spool(tmp_path / "killed", [{"kind": "run", "run_name": "k", "pid": int(gone.stdout),
+                                                 "host": socket.gethostname()}, metric])  # fmt: skip
+    (killed / "owner.lock").touch()
+    assert main(["replay", str(killed), "--tracking-uri", sqlite]) == 0
+    assert "KILLED, interrupted" in capsys.readouterr().out
+    other = _write_spool(tmp_path / "other", [{"kind": "run", "run_name": "o", "pid": 1, "host": "elsewhere"}, metric])
+    (other / "owner.lock").touch()
+    assert main(["replay", str(other), "--tracking-uri", sqlite]) == 2
+    err = capsys.readouterr().err
+    assert "pid 1 on elsewhere" in err and "--force" in err and "\n" not in err.strip()
+    assert main(["replay", str(other), "--tracking-uri", sqlite, "--force"]) == 0
+
+
+def test_an_ack_arriving_after_finish_is_written_and_not_replayed(tmp_path):
+    """A call given up on that lands after the run ended (the process still lives): its ack reaches the journal, its
+    artifact copy is dropped, and a replay has nothing left to send."""
+    spool = Spool(tmp_path / "mlflow-offline" / "x", {"run_name": "x"})
+    spool.open()
+    slot = spool.new_slot()
+    (slot / "a.txt").write_text("a")
+    record = {"kind": "artifact", "file": f"artifacts/{slot.name}/a.txt", "artifact_path": None, "files": 1}
+    seq = spool.write(record, "artifacts", 1)
+    spool.keep(seq, record, "artifacts", 1)
+    spool.finish(["timed out"])
+    assert inspect_spool(spool.folder).unsent == [{**record, "seq": seq}]
+    spool.ack(seq, late=True)
+    state = inspect_spool(spool.folder)
+    assert state.acked == {seq} and state.unsent == [] and not slot.exists()
+    assert {"kind": "ack", "seq": seq, "late": True} in [json.loads(x) for x in (spool.folder / "records.jsonl").read_text().splitlines()]
+
+
+def test_a_store_down_fails_each_spool_of_a_workdir_and_marks_none(tmp_path, capsys):
+    """In a workdir, a store that does not answer is each spool's line (exit 1); nothing is sent or marked."""
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    folders = [
+        _write_spool(tmp_path / "work" / "mlflow-offline" / name,
+                     [{"kind": "run", "run_name": name, "tracking_uri": dead},
+                      {"kind": "metrics", "metrics": {"m": 1.0}, "step": 0, "timestamp": 1, "seq": 1}])
+        for name in ("a", "b")
+    ]  # fmt: skip
+    journals = [(f / "records.jsonl").read_text() for f in folders]
+    assert main(["replay", str(tmp_path / "work")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(": skipped: cannot replay ")[0] for line in out] == [str(f) for f in folders]
+    assert [(f / "records.jsonl").read_text() for f in folders] == journals
+    assert not any((f / "replayed.json").exists() for f in folders)

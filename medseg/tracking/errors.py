@@ -43,3 +43,7 @@ class PatientDataError(TrackingError, ValueError):
 
 class SpoolError(TrackingError):
     """An offline spool folder is missing, unreadable or was already replayed."""
+
+
+class SpoolInUseError(SpoolError):
+    """An offline spool's run is still alive (or another replay holds it): not replayed now."""

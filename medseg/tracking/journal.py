@@ -2,7 +2,7 @@
 
 Layout of one spool folder (one per tracked run, under ``<workdir>/mlflow-offline``)::
 
-    <spool>/records.jsonl              the journal: one JSON object per line, appended and flushed line by line
+    <spool>/records.jsonl              the journal: one JSON object per line, each one ``os.write`` (O_APPEND)
     <spool>/owner.lock                 locked (``flock``) by the run's process while it runs, and by a replay
     <spool>/artifacts/NNNNNN/<name>    the run's private copy of a logged file or folder, until it was sent
     <spool>/summary.json               counts of what was not logged (written when a run ends with calls unsent)
@@ -16,6 +16,7 @@ Records of ``records.jsonl``:
   the training thread before the call is queued for the sender thread (:mod:`medseg.tracking.sender`).
 - ``{"kind": "ack", "seq": N}``: call N reached the store (also when it landed after the sender gave up on it,
   ``"late": true``, and when a replay sent it, ``"replay": true``).
+  A replay's ack of a call the store rejected on its content (a changed parameter value) adds ``"rejected"``.
 - ``{"kind": "replay_run", "run_id", "tracking_uri"}``: a replay created this run (the store lacked the original).
 
 A spool's unsent calls are its call records without an ack. Spools written before the journal existed (no ``seq``,
@@ -23,9 +24,11 @@ no lock) hold only unsent calls and are read the same way. A run that ends with 
 one that ends with calls unsent leaves it for ``medseg replay``. A folder that has no ``end`` record and whose lock
 no process holds belongs to an interrupted run (SIGKILL, out of memory, power cut): a replay sends what is unsent
 and closes the run as KILLED. Lines are flushed to the operating system, not synced to the disk: a killed process
-loses nothing, a power cut may lose the last lines; a torn last line is skipped. The lock is an ``flock`` on
-``owner.lock`` (Linux and macOS; released by the kernel when the process dies); processes forked by the run (data
-loader workers) close their inherited copy at once, so that the lock dies with the run's process alone.
+loses nothing, a power cut may lose the last lines; a torn line is skipped. A write that fails (full disk) leaves
+nothing buffered to come back later, and its number is not used: the journal never repeats a ``seq``. The lock
+is an ``flock`` on ``owner.lock`` (Linux and macOS; released by the kernel when the process dies); processes forked
+by the run (data loader workers) close their inherited copy at once, so that the lock dies with the run's process
+alone.
 
 Why ours: MLflow keeps no local record of its calls (its asynchronous logging drops what it cannot send), so
 nothing else could tell what a killed run had not yet sent. Cost: one JSON line and one ``write`` per call and per
@@ -36,6 +39,7 @@ training).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -50,6 +54,7 @@ from typing import Any
 
 from medseg.atomic import atomic_write_text
 from medseg.tracking.errors import SpoolError
+from medseg.tracking.locks import _HELD_LOCKS, NoLockError, pid_alive, try_lock
 
 logger = logging.getLogger(__name__)
 
@@ -64,39 +69,6 @@ MAX_BATCH_PARAMS = 100  # MLflow's log_batch limits
 MAX_BATCH_METRICS = 1000
 
 
-_HELD_LOCKS: set[int] = set()  # lock descriptors of this process's open journals
-
-
-def _close_inherited_locks() -> None:
-    """In a forked child: let go of the parent's journal locks (they must die with the parent, not the child)."""
-    for fd in list(_HELD_LOCKS):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_LOCKS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_locks)
-
-
-def try_lock(path: Path) -> int | None:
-    """An open descriptor of ``path`` holding its exclusive ``flock``, or ``None`` when another one holds it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no owner check
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 class Spool:
     """The journal of one run. :meth:`open` creates the folder; the run logger journals each call with
     :meth:`write` before queueing it, the sender acknowledges it (:meth:`ack`) or keeps it for a replay
@@ -108,7 +80,8 @@ class Spool:
         self._lock = threading.Lock()
         # new -> open -> closed (left for a replay) or removed; broken: the journal cannot be written
         self._state = "new"
-        self._fh: Any = None
+        self._fd: int | None = None  # records.jsonl, O_APPEND: one os.write per record, no buffer
+        self._torn = False  # a write was cut short: the next record starts on a new line
         self._lock_fd: int | None = None
         self._made_root = False
         self._seq = 0
@@ -148,10 +121,13 @@ class Spool:
         self._made_root = not self.folder.parent.exists()
         self.folder.mkdir(parents=True)
         try:
-            self._lock_fd = try_lock(self.folder / LOCK_FILE)
+            try:
+                self._lock_fd = try_lock(self.folder / LOCK_FILE)
+            except NoLockError as exc:  # a replay tells a live run by the header's pid and host instead
+                logger.debug("journal %s kept without a lock: %s", self.folder, exc)
             if self._lock_fd is not None:
                 _HELD_LOCKS.add(self._lock_fd)
-            self._fh = open(self.folder / RECORDS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in finish()
+            self._fd = os.open(self.folder / RECORDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             header = {"kind": "run", "format": FORMAT, "pid": os.getpid(), "host": socket.gethostname()}
             self._state = "open"
             self._write({**header, **self._header})
@@ -161,14 +137,21 @@ class Spool:
             raise
 
     def _write(self, record: Mapping[str, Any]) -> None:
-        """Append one line (under ``self._lock``); after :meth:`finish` the file is opened for the line only."""
-        line = json.dumps(record, sort_keys=True) + "\n"
-        if self._fh is not None:
-            self._fh.write(line)
-            self._fh.flush()
-        else:
-            with open(self.folder / RECORDS_FILE, "a", encoding="utf-8") as fh:
-                fh.write(line)
+        """Append one line whole with one ``os.write`` (under ``self._lock``), or raise ``OSError`` (a full disk):
+        nothing is buffered to come back later. After :meth:`finish` the file is opened for the line only."""
+        data = (("\n" if self._torn else "") + json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        fd = self._fd
+        if fd is None:
+            fd = os.open(self.folder / RECORDS_FILE, os.O_WRONLY | os.O_APPEND)
+        try:
+            written = os.write(fd, data)
+        finally:
+            if fd != self._fd:
+                os.close(fd)
+        if written != len(data):  # a torn line: skipped by readers, ended by the next record
+            self._torn = True
+            raise OSError(errno.ENOSPC, f"{self.folder / RECORDS_FILE}: short write ({written} of {len(data)} bytes)")
+        self._torn = False
 
     def _append_call(self, record: Mapping[str, Any], kind: str, count: int) -> int:
         seq = self._seq + 1
@@ -254,9 +237,6 @@ class Spool:
             if self._state != "open":
                 return
             remove = not self._unacked
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
             if not remove:
                 summary = {"counts": dict(self._counts()), "errors": errors, "header": self._header}
                 try:
@@ -274,13 +254,16 @@ class Spool:
             self._release()
 
     def _release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._lock_fd is not None:
-            _HELD_LOCKS.discard(self._lock_fd)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        """Close the journal and unlock; never raises (it runs in training's ``finally``)."""
+        for fd in (self._fd, self._lock_fd):
+            if fd is None:
+                continue
+            _HELD_LOCKS.discard(fd)
+            try:
+                os.close(fd)
+            except OSError as exc:
+                logger.error("could not close the tracking journal %s: %s", self.folder, exc)
+        self._fd = self._lock_fd = None
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -339,12 +322,15 @@ class SpoolState:
         return f"pid {self.header.get('pid', '?')} on {self.header.get('host', '?')}"
 
 
-def _holder(folder: Path, header: Mapping[str, Any]) -> str | None:
+def _holder(folder: Path, header: Mapping[str, Any], ended: bool) -> str | None:
     path = folder / LOCK_FILE
     if not path.exists():
         return None  # written before the journal existed, or removed: no process runs it
     try:
         fd = try_lock(path)
+    except NoLockError:  # no lock to ask: the run ended, else the header's process if this host can tell
+        alive = False if ended else pid_alive(header)  # None: another host, cannot tell (a replay needs --force)
+        return None if alive is False else f"pid {header.get('pid', '?')} on {header.get('host', '?')}"
     except OSError:
         return None
     if fd is not None:
@@ -375,7 +361,7 @@ def inspect_spool(folder: str | Path) -> SpoolState:
             state.replayed = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             state.replayed = {}
-    state.owner = _holder(folder, header)
+    state.owner = _holder(folder, header, state.end is not None)
     return state
 
 

@@ -38,7 +38,7 @@ from medseg.tracking.offline import Spool
 from medseg.tracking.params import cap_value, flatten_params, sanitize_key, stringify
 from medseg.tracking.privacy import check_no_patient_identifiers, check_text_file
 from medseg.tracking.sender import Job, Sender
-from medseg.tracking.store import is_local_store, limit_mlflow_http, redact_uri
+from medseg.tracking.store import absolute_uri, is_local_store, limit_mlflow_http, redact_uri
 from medseg.tracking.sysinfo import system_info
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class RunLogger:
             {
                 "experiment": self.config.experiment,
                 "run_name": run_name,
-                "tracking_uri": redact_uri(self.tracking_uri),
+                "tracking_uri": redact_uri(absolute_uri(self.tracking_uri)),  # a replay may run elsewhere
                 "created": int(time.time() * 1000),
             },
         )
@@ -278,7 +278,13 @@ class RunLogger:
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
             check_text_file(file)
-        staged = self._stage(path)
+        try:
+            staged = self._stage(path)
+        except OSError as exc:  # a full disk must not stop the training: the file is counted as lost
+            logger.error("could not copy %s for tracking (%s): not logged", path, exc)
+            if self._sender is not None:
+                self._sender.lost["artifacts"] += len(files)
+            return
         folder = self._spool.folder if self._spool is not None else None
         self._submit(calls.artifact_job(self._run, staged, artifact_path, len(files), folder))
 

@@ -6,9 +6,11 @@ the target store (else into the run an earlier replay created there, else into a
 (the server went away) resumes where it stopped. It is idempotent whatever the backend: metric values the run
 already has (same key, step, timestamp and value, read with one ``get_metric_history`` per key) and parameters it
 already has with the same value are skipped, since MLflow's file store, unlike its SQL store, would store a metric
-value twice. An interrupted run (no end record, no live owner) is closed as KILLED; a spool whose run is still
-alive is refused. ``medseg replay PATH`` (one spool folder, or every spool of a training workdir not replayed yet)
-is :func:`medseg.tracking.spools.replay_spools`.
+value twice. A call the store rejects on its content (an MLflow 4xx error: a changed parameter value) is acked
+with ``"rejected"`` and its reason, since no replay could ever send it. An interrupted run (no end record, no live
+owner) is closed as KILLED when the store still has it RUNNING; a spool whose run is still alive is refused.
+``medseg replay PATH`` (one spool folder, or every spool of a training workdir not replayed yet) is
+:func:`medseg.tracking.spools.replay_spools`.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from medseg.atomic import atomic_write_text
-from medseg.tracking.errors import SpoolError, TrackingUnavailableError
+from medseg.tracking.errors import SpoolError, SpoolInUseError, TrackingUnavailableError
 from medseg.tracking.journal import (
     LOCK_FILE,
     MAX_BATCH_METRICS,
     MAX_BATCH_PARAMS,
     RECORDS_FILE,
     REPLAYED_FILE,
+    NoLockError,
     Spool,
     SpoolState,
     inspect_spool,
@@ -42,6 +45,7 @@ from medseg.tracking.store import (
     get_or_create_experiment,
     limit_mlflow_http,
     make_client,
+    redact_text,
     redact_uri,
 )
 
@@ -53,11 +57,23 @@ _MAX_FLOAT = 1.7976931348623157e308
 
 
 @contextlib.contextmanager
-def spool_lock(state: SpoolState) -> Iterator[None]:
-    """Hold the spool's lock (a replay at a time, never while its run is alive); ``SpoolError`` when held."""
-    fd = try_lock(state.folder / LOCK_FILE)
+def spool_lock(state: SpoolState, force: bool = False) -> Iterator[None]:
+    """Hold the spool's lock (a replay at a time, never while its run is alive); ``SpoolInUseError`` when held.
+
+    Without ``flock`` (:class:`NoLockError`) the header's pid tells a live run on this host; a run of another host
+    cannot be told apart from a dead one: refused unless ``force``."""
+    try:
+        fd = try_lock(state.folder / LOCK_FILE)
+    except NoLockError:
+        if state.owner is not None and not force:
+            raise SpoolInUseError(
+                f"{state.folder}: no file locks on its file system, and its run ({state.owner}) may still be "
+                "running: not replayed; pass --force once it has ended"
+            ) from None
+        yield
+        return
     if fd is None:
-        raise SpoolError(
+        raise SpoolInUseError(
             f"{state.folder} is in use by {state.owner_text()} (its training run is still running, or another "
             "replay is): not replayed; wait for it to end, or stop it"
         )
@@ -85,6 +101,23 @@ def _metric_id(step: int, timestamp: int, value: float) -> tuple[int, int, float
     if math.isinf(value):
         value = math.copysign(_MAX_FLOAT, value)
     return step, timestamp, value
+
+
+_RETRYABLE_HTTP = {401, 403, 408, 429}  # credentials, time-outs, rate limits: the store may take it later
+
+
+def rejection(exc: BaseException) -> str | None:
+    """``"<error code>: <message>"`` when the store rejected a call on its content (an MLflow 4xx error, such as
+    a changed parameter value), which no replay could ever send; ``None`` for a store that is down or busy."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return None
+    status = exc.get_http_status_code()
+    if not 400 <= status < 500 or status in _RETRYABLE_HTTP:
+        return None
+    message = str(exc.message if hasattr(exc, "message") else exc).splitlines()
+    return redact_text(f"{exc.error_code}: {message[0] if message else ''}")[:300]
 
 
 def _run_usable(client: Any, run_id: str | None) -> bool:
@@ -131,11 +164,27 @@ class _Sender:
         self._metrics: list[Any] = []
         self._metric_seqs: list[Any] = []
 
-    def ack(self, seqs: list[Any]) -> None:
+    def ack(self, seqs: list[Any], rejected: str | None = None) -> None:
         new = [s for s in seqs if isinstance(s, int) and s not in self.acked]
+        extra = {"rejected": rejected} if rejected else {}
         if new:
-            append_records(self.folder, [{"kind": "ack", "seq": s, "replay": True} for s in new])
+            append_records(self.folder, [{"kind": "ack", "seq": s, "replay": True, **extra} for s in new])
             self.acked.update(new)
+
+    def call(self, seqs: list[Any], fn: Any, *args: Any, **kwargs: Any) -> bool:
+        """Make one store call for the records ``seqs``; a call the store rejects on its content is recorded as
+        done with the reason (``"rejected"`` in their acks) and False returned; other errors are raised."""
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            reason = rejection(exc)
+            if reason is None:
+                raise
+            logger.warning("%s: the store rejected call(s) %s: %s; not sent again", self.folder, seqs, reason)
+            self.ack(seqs, rejected=reason)
+            self.counts["rejected"] += len([s for s in seqs if s is not None]) or 1
+            return False
+        return True
 
     def _seen(self, key: str) -> set[tuple[int, int, float | str]]:
         if key not in self._history:
@@ -162,8 +211,9 @@ class _Sender:
 
     def flush(self) -> None:
         """Send the metric values gathered so far (consecutive records go in one call)."""
-        if self._metrics:
-            self.client.log_batch(self.run_id, metrics=self._metrics, synchronous=True)
+        if self._metrics and self.call(
+            self._metric_seqs, self.client.log_batch, self.run_id, metrics=self._metrics, synchronous=True
+        ):
             self.counts["metrics"] += len(self._metrics)
         self.ack(self._metric_seqs)
         self._metrics, self._metric_seqs = [], []
@@ -177,18 +227,23 @@ class _Sender:
         same = {k for k, v in todo.items() if self._params.get(k) == v}
         self.counts["skipped_params"] += len(same)
         items = [Param(k, v) for k, v in todo.items() if k not in same]
+        seqs = [record.get("seq")]
         for i in range(0, len(items), MAX_BATCH_PARAMS):
-            self.client.log_batch(self.run_id, params=items[i : i + MAX_BATCH_PARAMS], synchronous=True)
+            batch = items[i : i + MAX_BATCH_PARAMS]
+            if not self.call(seqs, self.client.log_batch, self.run_id, params=batch, synchronous=True):
+                return
         self._params.update(todo)
         self.counts["params"] += len(items)
-        self.ack([record.get("seq")])
+        self.ack(seqs)
 
     def tags(self, record: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, v) for k, v in record["tags"].items()]
         for i in range(0, len(items), MAX_BATCH_PARAMS):
-            self.client.log_batch(self.run_id, tags=items[i : i + MAX_BATCH_PARAMS], synchronous=True)
+            batch = items[i : i + MAX_BATCH_PARAMS]
+            if not self.call([record.get("seq")], self.client.log_batch, self.run_id, tags=batch, synchronous=True):
+                return
         self.counts["tags"] += len(items)
         self.ack([record.get("seq")])
 
@@ -199,7 +254,9 @@ class _Sender:
                 logger.warning("%s: artifact copy %s is missing: not sent", self.folder, record["file"])
                 self.counts["missing_artifacts"] += 1
             return
-        self.client.log_artifact(self.run_id, str(path), record.get("artifact_path"))
+        where = record.get("artifact_path")
+        if not self.call([record.get("seq")], self.client.log_artifact, self.run_id, str(path), where):
+            return
         self.counts["artifacts"] += int(record.get("files", 1))
         self.ack([record.get("seq")])
 
@@ -232,8 +289,11 @@ def _send(
     end = state.end
     if end is not None:
         status, end_time = str(end["status"]), int(end["timestamp"])
-    else:  # interrupted (the caller holds the lock: no process runs it)
+    else:  # interrupted (the caller holds the lock: no process runs it), unless its end landed unrecorded
         status, end_time = "KILLED", _last_timestamp(state)
+        stored = client.get_run(run_id).info.status
+        if stored != "RUNNING":  # an old spool has no end record, or the end landed after its ack was lost
+            return {"status": stored, **sender.counts}
     client.set_terminated(run_id, status=status, end_time=end_time)
     if end is not None:
         sender.ack([end.get("seq")])
@@ -256,7 +316,7 @@ def replay_offline(
 
     Returns:
         ``{"run_id", "created_run", "status", "interrupted", "params", "tags", "metrics", "artifacts",
-        "skipped_metrics", "skipped_params", "missing_artifacts"}`` (counts sent or skipped).
+        "skipped_metrics", "skipped_params", "missing_artifacts", "rejected"}`` (counts sent, skipped or rejected).
     """
     folder = Path(spool_dir)
     state = inspect_spool(folder)
@@ -265,7 +325,7 @@ def replay_offline(
             f"{folder} was already replayed into run {state.replayed.get('run_id')}; pass force=True (--force) "
             "to resend"
         )
-    with spool_lock(state):
+    with spool_lock(state, force):
         status = check_tracking(tracking_uri, timeout_s)
         if not status.ok:
             raise TrackingUnavailableError(f"cannot replay {folder}: {status.detail}")
@@ -291,6 +351,7 @@ def replay_offline(
         "skipped_metrics",
         "skipped_params",
         "missing_artifacts",
+        "rejected",
     )
     result = {
         "run_id": run_id,

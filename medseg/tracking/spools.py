@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.tracking.errors import SpoolError, TrackingUnavailableError
+from medseg.errors import MedsegError
+from medseg.tracking.errors import SpoolError, SpoolInUseError, TrackingUnavailableError
 from medseg.tracking.journal import RECORDS_FILE, SpoolState, inspect_spool
 from medseg.tracking.offline import replay_offline
-from medseg.tracking.store import check_tracking, redact_uri, resolve_tracking_uri
+from medseg.tracking.store import absolute_uri, check_tracking, redact_uri, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +88,11 @@ class SpoolReplay:
     result: dict[str, Any] | None = None
     skipped: str | None = None
     recorded_for: str | None = None  # the store the run was tracked in, when not the replay's target
+    in_use: bool = False  # its run is still alive (a training in progress): not a failure of the replay
 
     def line(self) -> str:
         if self.result is None:
-            return f"{self.folder}: skipped: {self.skipped}"
+            return f"{self.folder}: {'in use' if self.in_use else 'skipped'}: {self.skipped}"
         r = self.result
         run = f"run {r['run_id']} ({'new run' if r['created_run'] else 'continued'}, {r['status']}"
         run += ", interrupted)" if r["interrupted"] else ")"
@@ -98,14 +100,19 @@ class SpoolReplay:
         skipped = r["skipped_metrics"] + r["skipped_params"]
         extra = f"; {skipped} already in the run" if skipped else ""
         extra += f"; {r['missing_artifacts']} artifact copies missing" if r["missing_artifacts"] else ""
+        extra += f"; {r['rejected']} rejected by the store" if r.get("rejected") else ""
         extra += f"; the run was tracked at {self.recorded_for}" if self.recorded_for else ""
         return f"{self.folder}: {run}: sent {sent}{extra}"
 
 
 def recorded_uri(state: SpoolState) -> str | None:
     """The store the spool's run was tracked at, from its header; ``None`` when absent or stored without its
-    password (``redact_uri``), which a replay could not log in with."""
+    password (``redact_uri``), which a replay could not log in with, or relative to a directory it does not name
+    (spools written before headers held absolute URIs)."""
     uri = str(state.header.get("tracking_uri") or "").strip()
+    if uri and absolute_uri(uri) != uri:
+        logger.warning("%s: its store %s is a relative path: not used", state.folder, uri)
+        return None
     return uri if uri and ":***@" not in uri else None
 
 
@@ -124,37 +131,45 @@ def replay_spools(
     ``env`` (:func:`replay_tracking_uri`).
 
     Raises ``SpoolError`` for a bad ``path`` and for a single spool that cannot be replayed (still in use, already
-    replayed, no store to send it to); in a workdir such spools are reported as skipped.
-    ``TrackingUnavailableError`` (before anything of that spool is sent) when its store does not answer.
+    replayed, no store to send it to), ``TrackingUnavailableError`` (before anything of it is sent) when its
+    store does not answer. In a workdir each spool's error is its line (a live run's spool: ``in_use``), and the
+    next spool is tried.
     """
     folders, _ = spool_folders(path)
     single = (Path(path) / RECORDS_FILE).is_file()
     answered: set[str] = set()
+    down: dict[str, str] = {}  # stores that did not answer: not probed again for the next spools
     try:
         fallback_uri: str | None = replay_tracking_uri(path, None, env or {})
     except SpoolError:  # not in a workdir, and no MLFLOW_TRACKING_URI: only spools that name their store
         fallback_uri = None
     for folder in folders:
-        state = inspect_spool(folder)
-        if not single and state.replayed is not None and not force:
-            continue
-        recorded = state.header.get("tracking_uri")
-        uri = tracking_uri or recorded_uri(state) or fallback_uri
+        recorded = uri = None
         try:
+            state = inspect_spool(folder)
+            if not single and state.replayed is not None and not force:
+                continue
+            if not single and state.owner is not None and not force:
+                raise SpoolInUseError(f"its run ({state.owner}) is still running: not replayed")
+            recorded = state.header.get("tracking_uri")
+            uri = tracking_uri or recorded_uri(state) or fallback_uri
             if uri is None:
                 raise SpoolError(
                     f"{folder}: the spool names no store a replay can log in to: name it with --tracking-uri"
                 )
             if uri not in answered:
-                status = check_tracking(uri, timeout_s)
-                if not status.ok:
-                    raise TrackingUnavailableError(f"cannot replay {folder}: {status.detail}")
+                detail = down.get(uri)
+                if detail is None:
+                    status = check_tracking(uri, timeout_s)
+                    detail = None if status.ok else down.setdefault(uri, status.detail)
+                if detail is not None:
+                    raise TrackingUnavailableError(f"cannot replay {folder}: {detail}")
                 answered.add(uri)
             result = replay_offline(folder, uri, timeout_s=timeout_s, force=force)
-        except SpoolError as exc:
+        except MedsegError as exc:
             if single:
                 raise
-            yield SpoolReplay(folder, skipped=str(exc))
+            yield SpoolReplay(folder, skipped=str(exc), in_use=isinstance(exc, SpoolInUseError))
             continue
         target = redact_uri(uri)
         yield SpoolReplay(folder, result, recorded_for=recorded if recorded and recorded != target else None)

@@ -68,6 +68,27 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path)
 
 
+def absolute_uri(uri: str, cwd: str | Path | None = None) -> str:
+    """``uri`` with a relative local path (``sqlite:///mlflow.db``, ``file:mlruns``, ``mlruns``) made absolute against
+    ``cwd`` (default: the current directory), so that a spool's header names the same store from any directory."""
+    base = Path(cwd if cwd is not None else os.getcwd()).expanduser().resolve()
+    scheme = _scheme(uri)
+    if scheme == "sqlite":
+        prefix, rest = uri.split(":", 1)
+        path = rest[3:] if rest.startswith("///") else ""
+        if not path or path.startswith(("/", ":memory:", "?")) or Path(path.split("?", 1)[0]).is_absolute():
+            return uri
+        return f"{prefix}:///{(base / path).as_posix()}"
+    if scheme == "file":
+        parts = urlsplit(uri)
+        if parts.netloc or not parts.path or parts.path.startswith("/"):
+            return uri
+        return (base / unquote(parts.path)).as_uri()
+    if scheme == "" and uri.strip() and not Path(uri).expanduser().is_absolute():
+        return (base / Path(uri).expanduser()).as_posix()
+    return uri
+
+
 def embedded_artifact_location(uri: str) -> str | None:
     """Artifact root for experiments created in a local SQLite store: ``mlartifacts`` beside the database.
 

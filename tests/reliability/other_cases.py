@@ -113,6 +113,13 @@ OTHER_CASES: list[OtherCase] = [
     OtherCase(FAULT, "a spool replayed twice, into SQLite or a file store",
               "one value per key and step",
               "tests/test_tracking_replay.py::test_replaying_twice_keeps_one_value_per_step"),
+    OtherCase(FAULT, "full disk under the tracking journal",
+              "training never sees an error; no journal record repeated; the lock released",
+              "tests/test_tracking_replay.py::test_a_full_disk_never_raises_into_training_nor_duplicates_a_record"),
+    OtherCase(FAULT, "a journaled call the store rejects (a changed parameter value)",
+              "recorded as rejected with its reason; the workdir's later spools still replayed",
+              "tests/test_tracking_replay.py::"
+              "test_a_call_the_store_rejects_is_recorded_and_later_spools_are_still_replayed"),
     OtherCase(FAULT, "tracking server hanging during training", "the training thread never waits",
               _TO + "test_training_never_waits_for_a_hung_server"),
     OtherCase(FAULT, "a second batch started on an output folder in use", "refused: the folder is locked",
