@@ -6,6 +6,7 @@ store's URI only to name it in messages.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from medseg.tracking.errors import ModelNotFoundError, TrackingUnavailableError
@@ -36,16 +37,21 @@ def listing(items: list[str]) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > _LISTED else "")
 
 
-def get_run(client: Any, uri: str, run_id: str) -> Any:
-    """The run ``run_id``; :class:`ModelNotFoundError` if the store has none."""
+def _found(call: Callable[[], Any], missing: str) -> Any:
+    """``call()``, with MLflow's "does not exist" error turned into :class:`ModelNotFoundError` (``missing``)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_run(run_id)
+        return call()
     except MlflowException as exc:
         if error_code(exc) != NOT_FOUND:
             raise
-        raise ModelNotFoundError(f"no run {run_id!r} in {redact_uri(uri)}") from None
+        raise ModelNotFoundError(missing) from None
+
+
+def get_run(client: Any, uri: str, run_id: str) -> Any:
+    """The run ``run_id``; :class:`ModelNotFoundError` if the store has none."""
+    return _found(lambda: client.get_run(run_id), f"no run {run_id!r} in {redact_uri(uri)}")
 
 
 def run_models(client: Any, run: Any, model_name: str) -> list[Any]:
@@ -71,14 +77,7 @@ def run_model_location(client: Any, uri: str, run_id: str, path: str) -> str:
 
 def logged_model(client: Any, uri: str, model_id: str) -> Any:
     """The logged model ``model_id``; :class:`ModelNotFoundError` if the store has none."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_logged_model(model_id)
-    except MlflowException as exc:
-        if error_code(exc) != NOT_FOUND:
-            raise
-        raise ModelNotFoundError(f"no logged model {model_id!r} in {redact_uri(uri)}") from None
+    return _found(lambda: client.get_logged_model(model_id), f"no logged model {model_id!r} in {redact_uri(uri)}")
 
 
 def registered_version(client: Any, uri: str, name: str, alias: str | None, version: str | None) -> Any:
